@@ -1,0 +1,17 @@
+/*
+ * dmabufd: the DMA-BUF allocator HAL. Stable (VINTF) AIDL, package vendor.dmabuf.
+ */
+package vendor.dmabuf;
+
+/** Service-specific error codes of IDmaBufAllocator. */
+@VintfStability
+@Backing(type="int")
+enum ErrorCode {
+    UNKNOWN_HEAP = 1,
+    INVALID_SIZE = 2,
+    INVALID_NAME = 3,
+    INVALID_FLAGS = 4,
+    QUOTA_EXCEEDED = 5,
+    NO_MEMORY = 6,
+    NO_SUCH_PROCESS = 7,
+}

@@ -1,0 +1,40 @@
+/*
+ * dmabufd: the DMA-BUF allocator HAL. Stable (VINTF) AIDL, package vendor.dmabuf.
+ */
+package vendor.dmabuf;
+
+import vendor.dmabuf.AllocationRequest;
+import vendor.dmabuf.Buffer;
+import vendor.dmabuf.HeapInfo;
+import vendor.dmabuf.MemoryReport;
+import vendor.dmabuf.ProcessMemory;
+
+/**
+ * The allocator service. It alone opens the DMA-BUF heap devices; apps get
+ * named dma-buf fds from it and the service records who allocated each one.
+ * Refusals are service-specific errors carrying an ErrorCode; permission
+ * refusals are EX_SECURITY.
+ */
+@VintfStability
+interface IDmaBufAllocator {
+    /** Prefer "<heap>-uncached" where such a heap exists (no CPU access wanted). */
+    const int FLAG_NO_CPU_ACCESS = 1;
+
+    /** The heaps this service serves, with their limits and current usage. */
+    HeapInfo[] getHeaps();
+
+    /** Allocates one buffer; the returned fd is the caller's only reference. */
+    Buffer allocate(in AllocationRequest request);
+
+    /**
+     * DMA-BUF memory of one process (rss, pss, hwm, its buffers). Any caller
+     * may ask about itself; other pids need a privileged caller.
+     */
+    ProcessMemory getProcessMemory(int pid);
+
+    /** Every process, every buffer, and totals. Privileged callers only. */
+    MemoryReport getMemoryReport();
+
+    /** Resets the high-water mark of pid (0 = every process). Privileged. */
+    void resetHighWaterMark(int pid);
+}

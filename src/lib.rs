@@ -1,0 +1,21 @@
+//! dmabufd: a DMA-BUF allocator HAL service over binder, with per-buffer
+//! accounting (owner, heap, size, name) and per-process memory reports.
+
+pub mod aidl {
+    //! Stubs generated from aidl/vendor/dmabuf.
+    #![allow(clippy::all, non_snake_case, non_camel_case_types, unused)]
+    rsbinder::include_aidl!("vendor_dmabuf");
+}
+
+pub mod proto {
+    //! Protobuf types of the `dump --proto` report (proto/dmabuf_report.proto).
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/dmabufd.report.rs"));
+}
+
+/// The instance name registered with the service manager (and the RPC name).
+pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
+
+pub mod heap;
+pub mod registry;
+pub mod sys;

@@ -1,0 +1,220 @@
+//! The kernel's DMA-BUF, DMA-BUF heap and udmabuf ioctls, and mmap: the only
+//! `unsafe` code in the crate. Layouts follow include/uapi/linux/{dma-heap,
+//! dma-buf,udmabuf}.h.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+
+/// Longest buffer name the kernel stores (DMA_BUF_NAME_LEN = 32 with the NUL).
+pub const DMA_BUF_NAME_MAX: usize = 31;
+
+#[repr(C)]
+#[derive(Default)]
+struct DmaHeapAllocationData {
+    len: u64,
+    fd: u32,
+    fd_flags: u32,
+    heap_flags: u64,
+}
+
+#[repr(C)]
+struct DmaBufSync {
+    flags: u64,
+}
+
+#[repr(C)]
+struct DmaBufExportSyncFile {
+    flags: u32,
+    fd: i32,
+}
+
+#[repr(C)]
+struct DmaBufImportSyncFile {
+    flags: u32,
+    fd: i32,
+}
+
+#[repr(C)]
+struct UdmabufCreate {
+    memfd: u32,
+    flags: u32,
+    offset: u64,
+    size: u64,
+}
+
+nix::ioctl_readwrite!(ioctl_dma_heap_alloc, b'H', 0x0, DmaHeapAllocationData);
+nix::ioctl_write_ptr!(ioctl_dma_buf_sync, b'b', 0, DmaBufSync);
+nix::ioctl_write_ptr!(ioctl_dma_buf_set_name_b, b'b', 1, u64);
+nix::ioctl_readwrite!(ioctl_dma_buf_export_sync_file, b'b', 2, DmaBufExportSyncFile);
+nix::ioctl_write_ptr!(ioctl_dma_buf_import_sync_file, b'b', 3, DmaBufImportSyncFile);
+nix::ioctl_write_ptr!(ioctl_udmabuf_create, b'u', 0x42, UdmabufCreate);
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Allocates `len` bytes from an open heap device (`O_RDWR|O_CLOEXEC`, no heap flags).
+pub fn dma_heap_alloc(heap: BorrowedFd<'_>, len: u64) -> io::Result<OwnedFd> {
+    let mut data = DmaHeapAllocationData {
+        len,
+        fd: 0,
+        fd_flags: (libc_o_rdwr() | libc_o_cloexec()) as u32,
+        heap_flags: 0,
+    };
+    // SAFETY: `heap` is an open fd for the duration of the call and `data`
+    // is a live, correctly laid out dma_heap_allocation_data.
+    unsafe { ioctl_dma_heap_alloc(heap.as_raw_fd(), &mut data) }.map_err(errno)?;
+    // SAFETY: on success the kernel installed a new fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(data.fd as RawFd) })
+}
+
+/// Names a dma-buf (DMA_BUF_SET_NAME_B). `name` must be <= 31 bytes without NUL.
+pub fn dma_buf_set_name(buf: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the kernel reads a NUL-terminated string at the pointer; `c`
+    // outlives the call. The ioctl's declared u64 type is only its size code.
+    unsafe { ioctl_dma_buf_set_name_b(buf.as_raw_fd(), c.as_ptr() as *const u64) }
+        .map_err(errno)?;
+    Ok(())
+}
+
+/// Direction of CPU access for DMA_BUF_IOCTL_SYNC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncDirection {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl SyncDirection {
+    fn bits(self) -> u64 {
+        match self {
+            SyncDirection::Read => 1,
+            SyncDirection::Write => 2,
+            SyncDirection::ReadWrite => 3,
+        }
+    }
+}
+
+/// DMA_BUF_IOCTL_SYNC start (`end == false`) or end of CPU access.
+pub fn dma_buf_sync(buf: BorrowedFd<'_>, dir: SyncDirection, end: bool) -> io::Result<()> {
+    let s = DmaBufSync {
+        flags: dir.bits() | if end { 4 } else { 0 },
+    };
+    // SAFETY: `s` is a live dma_buf_sync for the duration of the call.
+    unsafe { ioctl_dma_buf_sync(buf.as_raw_fd(), &s) }.map_err(errno)?;
+    Ok(())
+}
+
+/// The buffer's implicit fences as a sync_file (kernel 6.0+).
+pub fn dma_buf_export_sync_file(buf: BorrowedFd<'_>, dir: SyncDirection) -> io::Result<OwnedFd> {
+    let mut d = DmaBufExportSyncFile {
+        flags: dir.bits() as u32,
+        fd: -1,
+    };
+    // SAFETY: `d` is live and correctly laid out for the call.
+    unsafe { ioctl_dma_buf_export_sync_file(buf.as_raw_fd(), &mut d) }.map_err(errno)?;
+    // SAFETY: on success the kernel installed a new fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(d.fd) })
+}
+
+/// Adds a sync_file's fences to the buffer (kernel 6.0+).
+pub fn dma_buf_import_sync_file(
+    buf: BorrowedFd<'_>,
+    dir: SyncDirection,
+    sync_file: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let d = DmaBufImportSyncFile {
+        flags: dir.bits() as u32,
+        fd: sync_file.as_raw_fd(),
+    };
+    // SAFETY: `d` is live; the kernel only reads it and the fd it names.
+    unsafe { ioctl_dma_buf_import_sync_file(buf.as_raw_fd(), &d) }.map_err(errno)?;
+    Ok(())
+}
+
+/// Turns `size` bytes of a sealed memfd into a dma-buf (close-on-exec).
+pub fn udmabuf_create(dev: BorrowedFd<'_>, memfd: BorrowedFd<'_>, size: u64) -> io::Result<OwnedFd> {
+    let c = UdmabufCreate {
+        memfd: memfd.as_raw_fd() as u32,
+        flags: 0x01, // UDMABUF_FLAGS_CLOEXEC
+        offset: 0,
+        size,
+    };
+    // SAFETY: `c` is live for the call; UDMABUF_CREATE returns a new fd.
+    let fd = unsafe { ioctl_udmabuf_create(dev.as_raw_fd(), &c) }.map_err(errno)?;
+    // SAFETY: the returned fd is new and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn libc_o_rdwr() -> i32 {
+    nix::fcntl::OFlag::O_RDWR.bits()
+}
+
+fn libc_o_cloexec() -> i32 {
+    nix::fcntl::OFlag::O_CLOEXEC.bits()
+}
+
+/// A shared mapping of a whole buffer, unmapped on drop.
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; access goes through &/&mut self.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared references only give shared slices.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` from offset 0, read-write when `writable`.
+    pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let len_nz = std::num::NonZeroUsize::new(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "cannot map 0 bytes"))?;
+        let prot = if writable {
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        } else {
+            ProtFlags::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping chosen by the kernel (no fixed
+        // address), so it aliases no Rust object; it lives until drop.
+        let p = unsafe { mmap(None, len_nz, prot, MapFlags::MAP_SHARED, fd, 0) }.map_err(errno)?;
+        Ok(Mapping {
+            ptr: p.cast(),
+            len,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is mapped readable for the life of self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Panics-free only on a writable mapping; a read-only one faults (SIGSEGV) on write.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr..ptr+len is mapped for the life of self and &mut self
+        // gives exclusive access within this process.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; nothing borrows
+        // the slice any more (drop has &mut self).
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
+    }
+}
