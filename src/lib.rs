@@ -16,6 +16,9 @@ pub mod proto {
 /// The instance name registered with the service manager (and the RPC name).
 pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
 
+pub mod allocator;
+pub mod config;
+pub mod error;
 pub mod heap;
 pub mod registry;
 pub mod sys;
