@@ -17,8 +17,14 @@ pub mod proto {
 pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
 
 pub mod allocator;
+pub mod client;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod error;
 pub mod heap;
+pub mod logging;
 pub mod registry;
+pub mod service;
 pub mod sys;
+pub mod transport;
