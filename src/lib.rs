@@ -16,6 +16,7 @@ pub mod proto {
 /// The instance name registered with the service manager (and the RPC name).
 pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
 
+pub mod accounting;
 pub mod heap;
 pub mod procfs;
 pub mod registry;

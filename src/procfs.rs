@@ -12,6 +12,7 @@
 //! memfds on shmem, so the same inode number may name one of each.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -104,21 +105,34 @@ pub struct ProcessScan {
 /// scan are left out; processes that cannot be read are included with the
 /// error. Ordered by pid.
 pub fn scan_all(proc_root: &Path) -> io::Result<Vec<ProcessScan>> {
+    scan_all_with(proc_root, Style::LinkFirst)
+}
+
+/// The pids under `proc_root`, ascending.
+pub fn list_pids(proc_root: &Path) -> io::Result<Vec<i32>> {
     let mut pids: Vec<i32> = fs::read_dir(proc_root)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
         .filter(|&pid| pid > 0)
         .collect();
     pids.sort_unstable();
-    Ok(pids
+    Ok(pids)
+}
+
+fn scan_all_with(proc_root: &Path, style: Style) -> io::Result<Vec<ProcessScan>> {
+    Ok(list_pids(proc_root)?
         .into_iter()
-        .filter_map(|pid| scan_process(proc_root, pid))
+        .filter_map(|pid| scan_process_with(proc_root, pid, style))
         .collect())
 }
 
 /// Scans one process. `None` when there is no such process (or it exited
 /// during the scan).
 pub fn scan_process(proc_root: &Path, pid: i32) -> Option<ProcessScan> {
+    scan_process_with(proc_root, pid, Style::LinkFirst)
+}
+
+fn scan_process_with(proc_root: &Path, pid: i32, style: Style) -> Option<ProcessScan> {
     let dir = proc_root.join(pid.to_string());
     let comm = match fs::read_to_string(dir.join("comm")) {
         Ok(s) => s.trim_end_matches('\n').to_string(),
@@ -129,7 +143,7 @@ pub fn scan_process(proc_root: &Path, pid: i32) -> Option<ProcessScan> {
         .ok()
         .and_then(|s| parse_status_uid(&s))
         .or_else(|| fs::metadata(&dir).ok().map(|m| m.uid()))?;
-    let result = scan_references(&dir);
+    let result = scan_references(&dir, style);
     if let Err(e) = &result {
         // ENOENT/ESRCH on the process's own files: it exited meanwhile.
         if e.kind == io::ErrorKind::NotFound || e.errno == Some(nix::libc::ESRCH) {
@@ -146,63 +160,37 @@ pub fn scan_process(proc_root: &Path, pid: i32) -> Option<ProcessScan> {
     })
 }
 
+/// How fds are examined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Style {
+    /// `readlink` every fd; read fdinfo only of dma-buf links.
+    LinkFirst,
+    /// Read the fdinfo of every fd looking for `exp_name:`, the way
+    /// `dmabuf_dump` does (the benchmark's baseline).
+    FdinfoEveryFd,
+}
+
+/// Like [`scan_all`], but reading the fdinfo of every fd as `dmabuf_dump`
+/// does. Same results, more reads: the baseline for benchmarks.
+pub fn scan_all_like_dmabuf_dump(proc_root: &Path) -> io::Result<Vec<ProcessScan>> {
+    scan_all_with(proc_root, Style::FdinfoEveryFd)
+}
+
+/// [`scan_process`] in the style of [`scan_all_like_dmabuf_dump`].
+pub fn scan_process_like_dmabuf_dump(proc_root: &Path, pid: i32) -> Option<ProcessScan> {
+    scan_process_with(proc_root, pid, Style::FdinfoEveryFd)
+}
+
 /// Reads the fds and maps of the process whose procfs directory is `dir`.
-fn scan_references(dir: &Path) -> Result<Vec<BufferUse>, ScanError> {
+fn scan_references(dir: &Path, style: Style) -> Result<Vec<BufferUse>, ScanError> {
     let mut found: BTreeMap<BufferKey, BufferUse> = BTreeMap::new();
 
     let fd_dir = dir.join("fd");
     let entries = fs::read_dir(&fd_dir).map_err(|e| ScanError::new(&fd_dir, &e))?;
     for entry in entries {
         let entry = entry.map_err(|e| ScanError::new(&fd_dir, &e))?;
-        let fd_name = entry.file_name();
-        let fd_path = fd_dir.join(&fd_name);
-        let link = match fs::read_link(&fd_path) {
-            Ok(l) => l,
-            // Closed between readdir and readlink.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(ScanError::new(&fd_path, &e)),
-        };
-        let Some(link) = link.to_str() else { continue };
-        let Some((kind, link_name)) = classify_link(link) else {
+        let Some(seen) = examine_fd(dir, &entry.file_name(), style)? else {
             continue;
-        };
-        let seen = match kind {
-            BufferKind::DmaBuf => {
-                let info_path = dir.join("fdinfo").join(&fd_name);
-                let info = match fs::read_to_string(&info_path) {
-                    Ok(s) => parse_fdinfo(&s),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(ScanError::new(&info_path, &e)),
-                };
-                let (inode, size) = match (info.inode, info.size) {
-                    (Some(i), Some(s)) => (i, s),
-                    // Older kernels: no ino/size in fdinfo; stat tells both.
-                    _ => match fs::metadata(&fd_path) {
-                        Ok(m) => (m.ino(), m.size()),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(ScanError::new(&fd_path, &e)),
-                    },
-                };
-                FdSeen {
-                    key: BufferKey { kind, inode },
-                    size,
-                    exporter: info.exporter,
-                    name: info.name.unwrap_or(link_name),
-                }
-            }
-            BufferKind::Memfd => match fs::metadata(&fd_path) {
-                Ok(m) => FdSeen {
-                    key: BufferKey {
-                        kind,
-                        inode: m.ino(),
-                    },
-                    size: m.size(),
-                    exporter: None,
-                    name: link_name,
-                },
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ScanError::new(&fd_path, &e)),
-            },
         };
         let u = found.entry(seen.key).or_insert_with(|| empty_use(seen.key));
         u.fd_refs += 1;
@@ -227,6 +215,73 @@ fn scan_references(dir: &Path) -> Result<Vec<BufferUse>, ScanError> {
         }
     }
     Ok(found.into_values().collect())
+}
+
+/// What one fd is. `Ok(None)`: not a buffer, or closed meanwhile.
+fn examine_fd(dir: &Path, fd_name: &OsStr, style: Style) -> Result<Option<FdSeen>, ScanError> {
+    let fd_path = dir.join("fd").join(fd_name);
+    let info_path = dir.join("fdinfo").join(fd_name);
+    // Closed between readdir and now: not an error.
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+
+    let mut info = None;
+    if style == Style::FdinfoEveryFd {
+        match fs::read_to_string(&info_path) {
+            Ok(s) => info = Some(parse_fdinfo(&s)),
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(ScanError::new(&info_path, &e)),
+        }
+    }
+    let has_exporter = info.as_ref().is_some_and(|i| i.exporter.is_some());
+    let link = match fs::read_link(&fd_path) {
+        Ok(l) => l,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(ScanError::new(&fd_path, &e)),
+    };
+    let classified = link.to_str().and_then(classify_link);
+    let (kind, link_name) = match classified {
+        Some(c) => c,
+        // An exporter in fdinfo makes it a dma-buf whatever the link says.
+        None if has_exporter => (BufferKind::DmaBuf, String::new()),
+        None => return Ok(None),
+    };
+    if kind == BufferKind::DmaBuf && info.is_none() {
+        match fs::read_to_string(&info_path) {
+            Ok(s) => info = Some(parse_fdinfo(&s)),
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(ScanError::new(&info_path, &e)),
+        }
+    }
+    let stat = || match fs::metadata(&fd_path) {
+        Ok(m) => Ok(Some((m.ino(), m.size()))),
+        Err(e) if gone(&e) => Ok(None),
+        Err(e) => Err(ScanError::new(&fd_path, &e)),
+    };
+    match kind {
+        BufferKind::DmaBuf => {
+            let info = info.unwrap_or_default();
+            let (inode, size) = match (info.inode, info.size) {
+                (Some(i), Some(s)) => (i, s),
+                // Older kernels: no ino/size in fdinfo; stat tells both.
+                _ => match stat()? {
+                    Some(v) => v,
+                    None => return Ok(None),
+                },
+            };
+            Ok(Some(FdSeen {
+                key: BufferKey { kind, inode },
+                size,
+                exporter: info.exporter,
+                name: info.name.unwrap_or(link_name),
+            }))
+        }
+        BufferKind::Memfd => Ok(stat()?.map(|(inode, size)| FdSeen {
+            key: BufferKey { kind, inode },
+            size,
+            exporter: None,
+            name: link_name,
+        })),
+    }
 }
 
 struct FdSeen {

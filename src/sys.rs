@@ -49,8 +49,18 @@ struct UdmabufCreate {
 nix::ioctl_readwrite!(ioctl_dma_heap_alloc, b'H', 0x0, DmaHeapAllocationData);
 nix::ioctl_write_ptr!(ioctl_dma_buf_sync, b'b', 0, DmaBufSync);
 nix::ioctl_write_ptr!(ioctl_dma_buf_set_name_b, b'b', 1, u64);
-nix::ioctl_readwrite!(ioctl_dma_buf_export_sync_file, b'b', 2, DmaBufExportSyncFile);
-nix::ioctl_write_ptr!(ioctl_dma_buf_import_sync_file, b'b', 3, DmaBufImportSyncFile);
+nix::ioctl_readwrite!(
+    ioctl_dma_buf_export_sync_file,
+    b'b',
+    2,
+    DmaBufExportSyncFile
+);
+nix::ioctl_write_ptr!(
+    ioctl_dma_buf_import_sync_file,
+    b'b',
+    3,
+    DmaBufImportSyncFile
+);
 nix::ioctl_write_ptr!(ioctl_udmabuf_create, b'u', 0x42, UdmabufCreate);
 
 fn errno(e: Errno) -> io::Error {
@@ -138,7 +148,11 @@ pub fn dma_buf_import_sync_file(
 }
 
 /// Turns `size` bytes of a sealed memfd into a dma-buf (close-on-exec).
-pub fn udmabuf_create(dev: BorrowedFd<'_>, memfd: BorrowedFd<'_>, size: u64) -> io::Result<OwnedFd> {
+pub fn udmabuf_create(
+    dev: BorrowedFd<'_>,
+    memfd: BorrowedFd<'_>,
+    size: u64,
+) -> io::Result<OwnedFd> {
     let c = UdmabufCreate {
         memfd: memfd.as_raw_fd() as u32,
         flags: 0x01, // UDMABUF_FLAGS_CLOEXEC
@@ -184,10 +198,7 @@ impl Mapping {
         // SAFETY: a fresh shared mapping chosen by the kernel (no fixed
         // address), so it aliases no Rust object; it lives until drop.
         let p = unsafe { mmap(None, len_nz, prot, MapFlags::MAP_SHARED, fd, 0) }.map_err(errno)?;
-        Ok(Mapping {
-            ptr: p.cast(),
-            len,
-        })
+        Ok(Mapping { ptr: p.cast(), len })
     }
 
     pub fn len(&self) -> usize {
