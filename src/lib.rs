@@ -20,4 +20,5 @@ pub mod accounting;
 pub mod heap;
 pub mod procfs;
 pub mod registry;
+pub mod report;
 pub mod sys;

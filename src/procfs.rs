@@ -143,13 +143,15 @@ fn scan_process_with(proc_root: &Path, pid: i32, style: Style) -> Option<Process
         .ok()
         .and_then(|s| parse_status_uid(&s))
         .or_else(|| fs::metadata(&dir).ok().map(|m| m.uid()))?;
-    let result = scan_references(&dir, style);
+    let mut result = scan_references(&dir, style);
     if let Err(e) = &result {
-        // ENOENT/ESRCH on the process's own files: it exited meanwhile.
-        if e.kind == io::ErrorKind::NotFound || e.errno == Some(nix::libc::ESRCH) {
-            if !dir.exists() {
-                return None;
-            }
+        let exited = e.kind == io::ErrorKind::NotFound || e.errno == Some(nix::libc::ESRCH);
+        if exited && !dir.exists() {
+            return None;
+        }
+        // ESRCH with the directory still there: a zombie, which holds nothing.
+        if e.errno == Some(nix::libc::ESRCH) {
+            result = Ok(Vec::new());
         }
     }
     Some(ProcessScan {
