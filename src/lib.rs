@@ -17,5 +17,6 @@ pub mod proto {
 pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
 
 pub mod heap;
+pub mod privileges;
 pub mod registry;
 pub mod sys;
