@@ -290,10 +290,8 @@ fn aosp_api_hash(files: &BTreeMap<String, Vec<u8>>, previous: &str) -> String {
     let mut listing = String::new();
     // BTreeMap<String> orders by bytes, as `LC_ALL=C sort -z` does.
     for (path, bytes) in files {
-        listing += &format!(
-            "{}  {path}\n",
-            sha1_smol::Sha1::from(bytes).digest().to_string()
-        );
+        let digest = sha1_smol::Sha1::from(bytes).digest();
+        listing += &format!("{digest}  {path}\n");
     }
     listing += previous;
     listing += "\n";
