@@ -52,8 +52,18 @@ const FROZEN_HEADER: &str = "\
 
 ";
 
+/// The project root. Cargo names it; Soong sets no CARGO_MANIFEST_DIR (not
+/// even with cargo_env_compat) and installs the test's `data` files next to
+/// the test binary instead.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    match option_env!("CARGO_MANIFEST_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+    }
 }
 
 fn read(rel: &str) -> String {
