@@ -218,9 +218,14 @@ mod tests {
         }
         let e = drop_privileges(0, SERVICE_ID).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        // libtest runs this on a worker thread: the process has at least two
-        // threads, so the call must refuse before changing anything.
-        let e = drop_privileges(SERVICE_ID, SERVICE_ID).unwrap_err();
+        // With a second thread alive the call must refuse before changing
+        // anything (the extra thread makes sure of it whatever libtest does).
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        let result = drop_privileges(SERVICE_ID, SERVICE_ID);
+        drop(tx);
+        other.join().unwrap().unwrap_err();
+        let e = result.unwrap_err();
         assert!(e.to_string().contains("threads"), "{e}");
         assert!(geteuid().is_root(), "a refused drop changed the uid");
     }
