@@ -16,6 +16,15 @@ pub mod proto {
 /// The instance name registered with the service manager (and the RPC name).
 pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
 
+pub mod allocator;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod error;
 pub mod heap;
+pub mod logging;
 pub mod registry;
+pub mod service;
 pub mod sys;
+pub mod transport;

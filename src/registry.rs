@@ -109,7 +109,11 @@ impl Registry {
         release_locked(&mut inner, &r);
         if let Some(old) = inner.buffers.insert(record.inode, record) {
             // The inode was recycled: the old buffer is gone.
-            log::debug!("inode {} reused; dropping stale record of {:?}", old.inode, old.name);
+            log::debug!(
+                "inode {} reused; dropping stale record of {:?}",
+                old.inode,
+                old.name
+            );
             inner.freed_total += 1;
         }
     }
@@ -211,16 +215,43 @@ mod tests {
     #[test]
     fn reservation_counts_until_committed_or_cancelled() {
         let reg = Registry::new();
-        let limit = Usage { bytes: 10_000, count: 2 };
+        let limit = Usage {
+            bytes: 10_000,
+            count: 2,
+        };
         let a = reg.reserve(7, 4096, limit).unwrap();
-        assert_eq!(reg.usage_of(7), Usage { bytes: 4096, count: 1 });
+        assert_eq!(
+            reg.usage_of(7),
+            Usage {
+                bytes: 4096,
+                count: 1
+            }
+        );
         reg.commit(a, rec(1, 7, 4096));
-        assert_eq!(reg.usage_of(7), Usage { bytes: 4096, count: 1 });
+        assert_eq!(
+            reg.usage_of(7),
+            Usage {
+                bytes: 4096,
+                count: 1
+            }
+        );
         let b = reg.reserve(7, 4096, limit).unwrap();
         // Third buffer exceeds the count limit while b is still in flight.
-        assert_eq!(reg.reserve(7, 1, limit).unwrap_err(), Usage { bytes: 8192, count: 2 });
+        assert_eq!(
+            reg.reserve(7, 1, limit).unwrap_err(),
+            Usage {
+                bytes: 8192,
+                count: 2
+            }
+        );
         reg.cancel(b);
-        assert_eq!(reg.usage_of(7), Usage { bytes: 4096, count: 1 });
+        assert_eq!(
+            reg.usage_of(7),
+            Usage {
+                bytes: 4096,
+                count: 1
+            }
+        );
         // Bytes limit.
         assert!(reg.reserve(7, 8192, limit).is_err());
         assert!(reg.reserve(8, 8192, limit).is_ok());
@@ -229,15 +260,27 @@ mod tests {
     #[test]
     fn remove_freed_and_totals() {
         let reg = Registry::new();
-        let l = Usage { bytes: u64::MAX, count: u64::MAX };
+        let l = Usage {
+            bytes: u64::MAX,
+            count: u64::MAX,
+        };
         for i in 1..=3 {
             let r = reg.reserve(1, 4096, l).unwrap();
             reg.commit(r, rec(i, 1, 4096));
         }
-        assert_eq!(reg.heap_usage()["system"], HeapUsage { bytes: 3 * 4096, count: 3 });
+        assert_eq!(
+            reg.heap_usage()["system"],
+            HeapUsage {
+                bytes: 3 * 4096,
+                count: 3
+            }
+        );
         assert_eq!(reg.remove_freed(|r| r.inode != 2), 2);
         assert_eq!(reg.freed_total(), 2);
-        assert_eq!(reg.snapshot().iter().map(|r| r.inode).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            reg.snapshot().iter().map(|r| r.inode).collect::<Vec<_>>(),
+            vec![2]
+        );
         reg.rename(2, "renamed");
         assert_eq!(reg.get(2).unwrap().name, "renamed");
     }

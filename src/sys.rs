@@ -49,8 +49,18 @@ struct UdmabufCreate {
 nix::ioctl_readwrite!(ioctl_dma_heap_alloc, b'H', 0x0, DmaHeapAllocationData);
 nix::ioctl_write_ptr!(ioctl_dma_buf_sync, b'b', 0, DmaBufSync);
 nix::ioctl_write_ptr!(ioctl_dma_buf_set_name_b, b'b', 1, u64);
-nix::ioctl_readwrite!(ioctl_dma_buf_export_sync_file, b'b', 2, DmaBufExportSyncFile);
-nix::ioctl_write_ptr!(ioctl_dma_buf_import_sync_file, b'b', 3, DmaBufImportSyncFile);
+nix::ioctl_readwrite!(
+    ioctl_dma_buf_export_sync_file,
+    b'b',
+    2,
+    DmaBufExportSyncFile
+);
+nix::ioctl_write_ptr!(
+    ioctl_dma_buf_import_sync_file,
+    b'b',
+    3,
+    DmaBufImportSyncFile
+);
 nix::ioctl_write_ptr!(ioctl_udmabuf_create, b'u', 0x42, UdmabufCreate);
 
 fn errno(e: Errno) -> io::Error {
@@ -138,7 +148,11 @@ pub fn dma_buf_import_sync_file(
 }
 
 /// Turns `size` bytes of a sealed memfd into a dma-buf (close-on-exec).
-pub fn udmabuf_create(dev: BorrowedFd<'_>, memfd: BorrowedFd<'_>, size: u64) -> io::Result<OwnedFd> {
+pub fn udmabuf_create(
+    dev: BorrowedFd<'_>,
+    memfd: BorrowedFd<'_>,
+    size: u64,
+) -> io::Result<OwnedFd> {
     let c = UdmabufCreate {
         memfd: memfd.as_raw_fd() as u32,
         flags: 0x01, // UDMABUF_FLAGS_CLOEXEC
@@ -184,10 +198,7 @@ impl Mapping {
         // SAFETY: a fresh shared mapping chosen by the kernel (no fixed
         // address), so it aliases no Rust object; it lives until drop.
         let p = unsafe { mmap(None, len_nz, prot, MapFlags::MAP_SHARED, fd, 0) }.map_err(errno)?;
-        Ok(Mapping {
-            ptr: p.cast(),
-            len,
-        })
+        Ok(Mapping { ptr: p.cast(), len })
     }
 
     pub fn len(&self) -> usize {
@@ -217,4 +228,40 @@ impl Drop for Mapping {
         // the slice any more (drop has &mut self).
         let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
     }
+}
+
+/// Sends `fds` with `data` over a Unix stream socket (SCM_RIGHTS).
+pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [io::IoSlice::new(data)];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(errno)?;
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes and the fds sent with them (SCM_RIGHTS).
+pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut cmsg_space = nix::cmsg_space!([RawFd; 16]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg_space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(errno)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(errno)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: SCM_RIGHTS installed these fds into this process's
+            // table for this message; nothing else refers to them yet.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok((msg.bytes, fds))
 }

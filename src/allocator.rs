@@ -1,0 +1,484 @@
+//! Where allocations happen: request validation, heap selection, quota,
+//! the memory guard, the kernel call, and the registry record.
+//!
+//! The allocator keeps no fd or mapping of a buffer after handing it out:
+//! [`Allocation::fd`] is the only reference and goes to the caller.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::heap::dma_heap::DmaHeap;
+use crate::heap::memfd::MemfdHeap;
+use crate::heap::udmabuf::UdmabufHeap;
+use crate::heap::{page_align, Heap, HeapKind};
+use crate::registry::{BufferRecord, Registry, Usage};
+use crate::sys::DMA_BUF_NAME_MAX;
+
+/// `IDmaBufAllocator.FLAG_NO_CPU_ACCESS`: prefer "<heap>-uncached".
+pub const FLAG_NO_CPU_ACCESS: i32 = 1;
+const KNOWN_FLAGS: i32 = FLAG_NO_CPU_ACCESS;
+
+/// Who is asking (from the binder transaction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub pid: i32,
+}
+
+/// A validated request.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    pub heap: &'a str,
+    pub size: i64,
+    pub name: &'a str,
+    pub flags: i32,
+}
+
+/// A buffer on its way to the caller.
+#[derive(Debug)]
+pub struct Allocation {
+    pub fd: OwnedFd,
+    pub inode: u64,
+    pub size: u64,
+    pub heap: String,
+    pub name: String,
+}
+
+/// A heap as reported by getHeaps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeapSummary {
+    pub name: String,
+    pub kind: HeapKind,
+    pub max_size: u64,
+    pub allocated_bytes: u64,
+    pub buffer_count: u64,
+    pub aliases: Vec<String>,
+}
+
+/// What start-up found, for the one-line start-up message.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// Human-readable reasons for fallbacks and failures.
+    pub notes: Vec<String>,
+}
+
+pub struct Allocator {
+    heaps: Vec<Box<dyn Heap>>,
+    config: Config,
+    registry: Arc<Registry>,
+}
+
+impl Allocator {
+    pub fn new(heaps: Vec<Box<dyn Heap>>, config: Config, registry: Arc<Registry>) -> Allocator {
+        Allocator {
+            heaps,
+            config,
+            registry,
+        }
+    }
+
+    /// Opens the heaps the machine has: every /dev/dma_heap device, udmabuf
+    /// when present, and the memfd "system" heap when no kernel heap is
+    /// called "system".
+    pub fn discover(config: Config, registry: Arc<Registry>) -> (Allocator, Discovery) {
+        let mut d = Discovery::default();
+        let mut heaps: Vec<Box<dyn Heap>> = Vec::new();
+        let dir = &config.heaps.dma_heap_dir;
+        let (found, failed) = DmaHeap::discover(dir);
+        if found.is_empty() && failed.is_empty() {
+            d.notes
+                .push(format!("no DMA-BUF heaps in {}", dir.display()));
+        }
+        for (path, e) in failed {
+            d.notes.push(format!("cannot open {path}: {e}"));
+        }
+        heaps.extend(found.into_iter().map(|h| Box::new(h) as Box<dyn Heap>));
+        let udev = &config.heaps.udmabuf_device;
+        if Path::new(udev).exists() {
+            match UdmabufHeap::open(udev) {
+                Ok(h) => heaps.push(Box::new(h)),
+                Err(e) => d.notes.push(format!("cannot open {}: {e}", udev.display())),
+            }
+        }
+        if !heaps.iter().any(|h| h.name() == "system") {
+            d.notes
+                .push("serving \"system\" from sealed memfds (kind MEMFD, not dma-bufs)".into());
+            heaps.push(Box::new(MemfdHeap::new("system")));
+        }
+        for (alias, target) in &config.aliases {
+            if !heaps.iter().any(|h| h.name() == target) {
+                d.notes
+                    .push(format!("alias {alias} -> {target}: no such heap; ignored"));
+            }
+        }
+        (Allocator::new(heaps, config, registry), d)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn heap(&self, name: &str) -> Option<&dyn Heap> {
+        self.heaps
+            .iter()
+            .find(|h| h.name() == name)
+            .map(|h| h.as_ref())
+    }
+
+    fn heap_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.heaps.iter().map(|h| h.name().to_string()).collect();
+        v.extend(self.live_aliases().into_keys());
+        v
+    }
+
+    fn live_aliases(&self) -> BTreeMap<String, String> {
+        self.config
+            .aliases
+            .iter()
+            .filter(|(_, t)| self.heap(t).is_some())
+            .map(|(a, t)| (a.clone(), t.clone()))
+            .collect()
+    }
+
+    pub fn heaps(&self) -> Vec<HeapSummary> {
+        let usage = self.registry.heap_usage();
+        let aliases = self.live_aliases();
+        self.heaps
+            .iter()
+            .map(|h| {
+                let u = usage.get(h.name()).copied().unwrap_or_default();
+                HeapSummary {
+                    name: h.name().to_string(),
+                    kind: h.kind(),
+                    max_size: self.config.max_size(h.name()),
+                    allocated_bytes: u.bytes,
+                    buffer_count: u.count,
+                    aliases: aliases
+                        .iter()
+                        .filter(|(_, t)| *t == h.name())
+                        .map(|(a, _)| a.clone())
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Resolves aliases and FLAG_NO_CPU_ACCESS to the heap that serves.
+    fn resolve(&self, requested: &str, flags: i32) -> Result<&dyn Heap> {
+        let base = self
+            .config
+            .aliases
+            .get(requested)
+            .map(String::as_str)
+            .unwrap_or(requested);
+        let Some(heap) = self.heap(base) else {
+            return Err(Error::new(
+                Kind::UnknownHeap,
+                format!(
+                    "unknown heap {requested:?}; available: {}",
+                    self.heap_names().join(", ")
+                ),
+            ));
+        };
+        if flags & FLAG_NO_CPU_ACCESS != 0 {
+            if let Some(uncached) = self.heap(&format!("{base}-uncached")) {
+                return Ok(uncached);
+            }
+        }
+        Ok(heap)
+    }
+
+    pub fn allocate(&self, caller: Caller, req: &Request<'_>) -> Result<Allocation> {
+        if req.flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::new(
+                Kind::InvalidFlags,
+                format!(
+                    "unknown flag bits {:#x}; allowed: FLAG_NO_CPU_ACCESS ({FLAG_NO_CPU_ACCESS:#x})",
+                    req.flags & !KNOWN_FLAGS
+                ),
+            ));
+        }
+        let heap = self.resolve(req.heap, req.flags)?;
+        validate_name(req.name)?;
+        let name = if req.name.is_empty() {
+            heap.name()
+        } else {
+            req.name
+        };
+        let max = self.config.max_size(heap.name());
+        let size = checked_size(req.size, max, heap.name())?;
+        check_memory(size)?;
+        let quota = self.config.quota_for(caller.uid);
+        let limit = Usage {
+            bytes: quota.bytes,
+            count: quota.buffers,
+        };
+        let reservation = self.registry.reserve(caller.uid, size, limit).map_err(|used| {
+            Error::new(
+                Kind::QuotaExceeded,
+                format!(
+                    "uid {} quota exceeded: {} bytes in {} buffers live, limit {} bytes / {} buffers; \
+                     this request needs {size} more bytes",
+                    caller.uid, used.bytes, used.count, quota.bytes, quota.buffers
+                ),
+            )
+        })?;
+        let fd = match heap.allocate(size, name) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.registry.cancel(reservation);
+                return Err(kernel_error(e, heap.name(), size));
+            }
+        };
+        let inode = match nix::sys::stat::fstat(fd.as_fd()) {
+            Ok(st) => st.st_ino,
+            Err(e) => {
+                self.registry.cancel(reservation);
+                return Err(Error::new(
+                    Kind::Internal,
+                    format!("fstat of new buffer: {e}"),
+                ));
+            }
+        };
+        self.registry.commit(
+            reservation,
+            BufferRecord {
+                inode,
+                heap: heap.name().to_string(),
+                kind: heap.kind(),
+                size,
+                name: name.to_string(),
+                owner_uid: caller.uid,
+                owner_pid: caller.pid,
+                owner_name: process_name(caller.pid),
+                allocated_at: SystemTime::now(),
+            },
+        );
+        Ok(Allocation {
+            fd,
+            inode,
+            size,
+            heap: heap.name().to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// At most 31 bytes (the kernel's DMA_BUF_NAME_LEN with its NUL), no NUL or
+/// control characters. Empty is allowed: the buffer is named after the heap.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.len() > DMA_BUF_NAME_MAX {
+        return Err(Error::new(
+            Kind::InvalidName,
+            format!(
+                "name {name:?} is {} bytes; at most {DMA_BUF_NAME_MAX} bytes are allowed",
+                name.len()
+            ),
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(Error::new(
+            Kind::InvalidName,
+            format!("name {name:?} contains control character {:#04x}; only printable characters are allowed", c as u32),
+        ));
+    }
+    Ok(())
+}
+
+fn checked_size(size: i64, max: u64, heap: &str) -> Result<u64> {
+    let bad = |why: String| Error::new(Kind::InvalidSize, why);
+    if size <= 0 {
+        return Err(bad(format!(
+            "size {size} is not positive; allowed: 1 to {max} bytes on heap {heap:?}"
+        )));
+    }
+    let size = size as u64;
+    if size > max {
+        return Err(bad(format!(
+            "size {size} exceeds the maximum of {max} bytes on heap {heap:?}"
+        )));
+    }
+    page_align(size).ok_or_else(|| bad(format!("size {size} overflows when page-aligned")))
+}
+
+/// Refuses what memory cannot hold before the kernel sees it: the system
+/// heap does not fail such requests cleanly, the OOM killer acts instead.
+fn check_memory(size: u64) -> Result<()> {
+    let Some(avail) = mem_available() else {
+        return Ok(());
+    };
+    if size > avail {
+        return Err(Error::new(
+            Kind::NoMemory,
+            format!("size {size} exceeds the {avail} bytes of memory available"),
+        ));
+    }
+    Ok(())
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+pub fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn kernel_error(e: std::io::Error, heap: &str, size: u64) -> Error {
+    if e.raw_os_error() == Some(nix::errno::Errno::ENOMEM as i32) {
+        Error::new(
+            Kind::NoMemory,
+            format!("heap {heap:?} could not allocate {size} bytes: out of memory"),
+        )
+    } else {
+        Error::new(
+            Kind::Internal,
+            format!("heap {heap:?} failed to allocate {size} bytes: {e}"),
+        )
+    }
+}
+
+/// The command name of `pid` (for reports), or "" when it is gone.
+pub fn process_name(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc_with(config: Config) -> Allocator {
+        let heaps: Vec<Box<dyn Heap>> = vec![
+            Box::new(MemfdHeap::new("system")),
+            Box::new(MemfdHeap::new("system-uncached")),
+        ];
+        Allocator::new(heaps, config, Arc::new(Registry::new()))
+    }
+
+    fn req<'a>(heap: &'a str, size: i64, name: &'a str, flags: i32) -> Request<'a> {
+        Request {
+            heap,
+            size,
+            name,
+            flags,
+        }
+    }
+
+    const ME: Caller = Caller { uid: 10001, pid: 1 };
+
+    #[test]
+    fn allocates_named_page_rounded_and_records_owner() {
+        let a = alloc_with(Config::default());
+        let b = a.allocate(ME, &req("system", 5000, "cam", 0)).unwrap();
+        assert_eq!(b.size, 8192);
+        assert_eq!(b.heap, "system");
+        let st = nix::sys::stat::fstat(b.fd.as_fd()).unwrap();
+        assert_eq!(st.st_ino, b.inode);
+        assert_eq!(st.st_size, 8192);
+        let rec = a.registry().get(b.inode).unwrap();
+        assert_eq!(
+            (rec.owner_uid, rec.size, rec.name.as_str()),
+            (10001, 8192, "cam")
+        );
+        let link = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&b.fd)
+        ))
+        .unwrap();
+        assert_eq!(link.to_str().unwrap(), "/memfd:cam (deleted)");
+    }
+
+    #[test]
+    fn empty_name_is_the_heap_name_and_no_cpu_access_prefers_uncached() {
+        let a = alloc_with(Config::default());
+        let b = a
+            .allocate(ME, &req("system", 1, "", FLAG_NO_CPU_ACCESS))
+            .unwrap();
+        assert_eq!(b.heap, "system-uncached");
+        assert_eq!(b.name, "system-uncached");
+    }
+
+    #[test]
+    fn aliases_resolve() {
+        let a = alloc_with(Config::parse("[aliases]\ncamera = \"system\"").unwrap());
+        assert_eq!(
+            a.allocate(ME, &req("camera", 1, "x", 0)).unwrap().heap,
+            "system"
+        );
+        assert_eq!(a.heaps()[0].aliases, vec!["camera".to_string()]);
+    }
+
+    #[test]
+    fn each_refusal_has_its_kind_and_says_what_is_allowed() {
+        let a = alloc_with(
+            Config::parse("[heaps]\ndefault_max_size = \"1M\"\n[quota]\ndefault_buffers = 1")
+                .unwrap(),
+        );
+        let e = a.allocate(ME, &req("nope", 1, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::UnknownHeap);
+        assert!(e.message.contains("system, system-uncached"), "{e}");
+        let e = a.allocate(ME, &req("system", 0, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidSize);
+        assert!(e.message.contains("1 to 1048576"), "{e}");
+        assert_eq!(
+            a.allocate(ME, &req("system", -1, "", 0)).unwrap_err().kind,
+            Kind::InvalidSize
+        );
+        let e = a
+            .allocate(ME, &req("system", (1 << 20) + 1, "", 0))
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidSize);
+        let e = a
+            .allocate(ME, &req("system", 1, &"n".repeat(32), 0))
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidName);
+        assert!(e.message.contains("31"), "{e}");
+        assert!(a
+            .allocate(ME, &req("system", 1, &"n".repeat(31), 0))
+            .is_ok());
+        assert_eq!(
+            a.allocate(ME, &req("system", 1, "a\nb", 0))
+                .unwrap_err()
+                .kind,
+            Kind::InvalidName
+        );
+        let e = a.allocate(ME, &req("system", 1, "", 6)).unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidFlags);
+        assert!(
+            e.message.contains("0x6") && e.message.contains("FLAG_NO_CPU_ACCESS"),
+            "{e}"
+        );
+        // The 31-byte buffer above used the one-buffer quota.
+        let e = a.allocate(ME, &req("system", 1, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::QuotaExceeded);
+        assert!(e.message.contains("limit"), "{e}");
+        // Another uid is not affected.
+        assert!(a
+            .allocate(Caller { uid: 10002, pid: 1 }, &req("system", 1, "", 0))
+            .is_ok());
+    }
+
+    #[test]
+    fn more_than_memory_is_no_memory_before_the_kernel() {
+        let a = alloc_with(Config::parse("[heaps]\ndefault_max_size = \"64T\"").unwrap());
+        let e = a.allocate(ME, &req("system", 1 << 40, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::NoMemory);
+        assert!(a.registry().is_empty());
+        assert_eq!(
+            a.registry().usage_of(ME.uid),
+            Usage::default(),
+            "reservation released"
+        );
+    }
+}

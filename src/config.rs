@@ -1,0 +1,361 @@
+//! Service configuration: heap locations, aliases, per-heap size caps,
+//! per-uid quotas and who may read other processes' reports. A TOML file
+//! (`--config`, else /etc/dmabufd.toml when present); every field has a
+//! documented default so the service runs without one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default cap on one allocation when the config names none for a heap.
+pub const DEFAULT_MAX_SIZE: u64 = 256 << 20;
+/// Default per-uid quota: bytes of live buffers.
+pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
+/// Default per-uid quota: number of live buffers.
+pub const DEFAULT_QUOTA_BUFFERS: u64 = 4096;
+/// Where the service looks for a config when none is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/dmabufd.toml";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where the config came from (None: built-in defaults).
+    pub source: Option<PathBuf>,
+    pub service: ServiceConfig,
+    pub heaps: HeapsConfig,
+    /// alias -> heap name (e.g. camera -> system).
+    pub aliases: BTreeMap<String, String>,
+    pub quota: QuotaConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Uid/gid to switch to after the heap devices are open (None: stay).
+    pub user: Option<u32>,
+    pub group: Option<u32>,
+    /// Uids besides root and system (1000) that may read any process's report.
+    pub privileged_uids: Vec<u32>,
+    /// Period of the background scan that keeps hwm and the registry current.
+    pub scan_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeapsConfig {
+    pub dma_heap_dir: PathBuf,
+    pub udmabuf_device: PathBuf,
+    pub default_max_size: u64,
+    /// Per-heap cap on one allocation, by heap name.
+    pub max_size: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaConfig {
+    pub default_bytes: u64,
+    pub default_buffers: u64,
+    pub per_uid: BTreeMap<u32, Quota>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub bytes: u64,
+    pub buffers: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            service: ServiceConfig {
+                user: None,
+                group: None,
+                privileged_uids: Vec::new(),
+                scan_interval_ms: 5000,
+            },
+            heaps: HeapsConfig {
+                dma_heap_dir: PathBuf::from("/dev/dma_heap"),
+                udmabuf_device: PathBuf::from("/dev/udmabuf"),
+                default_max_size: DEFAULT_MAX_SIZE,
+                max_size: BTreeMap::new(),
+            },
+            aliases: BTreeMap::new(),
+            quota: QuotaConfig {
+                default_bytes: DEFAULT_QUOTA_BYTES,
+                default_buffers: DEFAULT_QUOTA_BUFFERS,
+                per_uid: BTreeMap::new(),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the default path when it exists, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Self::from_file(p),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))
+            }
+            None => Ok(Config::default()),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut c =
+            Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let mut c = Config::default();
+        if let Some(s) = raw.service {
+            c.service.user = s.user;
+            c.service.group = s.group.or(s.user);
+            c.service.privileged_uids = s.privileged_uids.unwrap_or_default();
+            if let Some(ms) = s.scan_interval_ms {
+                if ms == 0 {
+                    return Err(ConfigError("service.scan_interval_ms must be > 0".into()));
+                }
+                c.service.scan_interval_ms = ms;
+            }
+        }
+        if let Some(h) = raw.heaps {
+            if let Some(d) = h.dma_heap_dir {
+                c.heaps.dma_heap_dir = d;
+            }
+            if let Some(d) = h.udmabuf_device {
+                c.heaps.udmabuf_device = d;
+            }
+            if let Some(s) = h.default_max_size {
+                c.heaps.default_max_size = s.bytes("heaps.default_max_size")?;
+            }
+            for (k, v) in h.max_size.unwrap_or_default() {
+                let b = v.bytes(&format!("heaps.max_size.{k}"))?;
+                c.heaps.max_size.insert(k, b);
+            }
+        }
+        c.aliases = raw.aliases.unwrap_or_default();
+        for (alias, target) in &c.aliases {
+            if c.aliases.contains_key(target) {
+                return Err(ConfigError(format!(
+                    "aliases.{alias} = {target:?}: an alias must name a heap, not another alias"
+                )));
+            }
+        }
+        if let Some(q) = raw.quota {
+            if let Some(b) = q.default_bytes {
+                c.quota.default_bytes = b.bytes("quota.default_bytes")?;
+            }
+            if let Some(n) = q.default_buffers {
+                c.quota.default_buffers = n;
+            }
+            for u in q.uid.unwrap_or_default() {
+                let bytes = match u.bytes {
+                    Some(b) => b.bytes(&format!("quota.uid {} bytes", u.uid))?,
+                    None => c.quota.default_bytes,
+                };
+                let buffers = u.buffers.unwrap_or(c.quota.default_buffers);
+                c.quota.per_uid.insert(u.uid, Quota { bytes, buffers });
+            }
+        }
+        Ok(c)
+    }
+
+    /// The cap on one allocation from `heap`.
+    pub fn max_size(&self, heap: &str) -> u64 {
+        self.heaps
+            .max_size
+            .get(heap)
+            .copied()
+            .unwrap_or(self.heaps.default_max_size)
+    }
+
+    pub fn quota_for(&self, uid: u32) -> Quota {
+        self.quota.per_uid.get(&uid).copied().unwrap_or(Quota {
+            bytes: self.quota.default_bytes,
+            buffers: self.quota.default_buffers,
+        })
+    }
+
+    /// Root, system (1000) and the configured uids may read every process's report.
+    pub fn is_privileged(&self, uid: u32) -> bool {
+        uid == 0 || uid == 1000 || self.service.privileged_uids.contains(&uid)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A size written as a number of bytes or a string with a K/M/G suffix.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self, what: &str) -> Result<u64, ConfigError> {
+        match self {
+            Size::Bytes(b) => Ok(*b),
+            Size::Text(t) => parse_size(t).ok_or_else(|| {
+                ConfigError(format!(
+                    "{what} = {t:?}: expected bytes or a number with a K, M or G suffix"
+                ))
+            }),
+        }
+    }
+}
+
+/// Parses "4096", "64K", "1M", "2G" (binary units; case-insensitive, optional "iB"/"B").
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let t = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, shift) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 10),
+        'm' => (&t[..t.len() - 1], 20),
+        'g' => (&t[..t.len() - 1], 30),
+        't' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    service: Option<RawService>,
+    heaps: Option<RawHeaps>,
+    aliases: Option<BTreeMap<String, String>>,
+    quota: Option<RawQuota>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    user: Option<u32>,
+    group: Option<u32>,
+    privileged_uids: Option<Vec<u32>>,
+    scan_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaps {
+    dma_heap_dir: Option<PathBuf>,
+    udmabuf_device: Option<PathBuf>,
+    default_max_size: Option<Size>,
+    max_size: Option<BTreeMap<String, Size>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    default_bytes: Option<Size>,
+    default_buffers: Option<u64>,
+    uid: Option<Vec<RawUidQuota>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUidQuota {
+    uid: u32,
+    bytes: Option<Size>,
+    buffers: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("1m"), Some(1 << 20));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.max_size("system"), DEFAULT_MAX_SIZE);
+        assert_eq!(
+            c.quota_for(10001),
+            Quota {
+                bytes: DEFAULT_QUOTA_BYTES,
+                buffers: DEFAULT_QUOTA_BUFFERS
+            }
+        );
+        assert!(c.is_privileged(0) && c.is_privileged(1000) && !c.is_privileged(10001));
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::parse(
+            r#"
+            [service]
+            user = 1100
+            privileged_uids = [2000]
+            [heaps]
+            dma_heap_dir = "/tmp/heaps"
+            default_max_size = "64M"
+            [heaps.max_size]
+            system = "512M"
+            [aliases]
+            camera = "system"
+            [quota]
+            default_bytes = "1G"
+            [[quota.uid]]
+            uid = 10001
+            bytes = "8M"
+            buffers = 3
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.service.user, Some(1100));
+        assert_eq!(c.service.group, Some(1100), "group defaults to user");
+        assert!(c.is_privileged(2000));
+        assert_eq!(c.max_size("system"), 512 << 20);
+        assert_eq!(c.max_size("other"), 64 << 20);
+        assert_eq!(c.aliases["camera"], "system");
+        assert_eq!(
+            c.quota_for(10001),
+            Quota {
+                bytes: 8 << 20,
+                buffers: 3
+            }
+        );
+        assert_eq!(c.heaps.dma_heap_dir, PathBuf::from("/tmp/heaps"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::parse("[heaps]\ndefault_max_size = \"lots\"").unwrap_err();
+        assert!(e.0.contains("heaps.default_max_size"), "{e}");
+        let e = Config::parse("[heap]\n").unwrap_err();
+        assert!(e.0.contains("heap"), "{e}");
+        let e = Config::parse("[aliases]\na = \"b\"\nb = \"system\"").unwrap_err();
+        assert!(e.0.contains("alias"), "{e}");
+    }
+}

@@ -1,0 +1,172 @@
+//! The AIDL service: a thin adapter from binder calls to the allocator and
+//! the reports. Each handler is plain `Result` code; [`boundary`] is the
+//! one place errors become binder statuses.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use rsbinder::{BinderResult, Interface, ParcelFileDescriptor};
+
+use crate::aidl::vendor::dmabuf::{
+    AllocationRequest::AllocationRequest, Buffer::Buffer, HeapInfo::HeapInfo,
+    HeapKind::HeapKind as AidlHeapKind, IDmaBufAllocator::IDmaBufAllocator,
+    MemoryReport::MemoryReport, ProcessMemory::ProcessMemory,
+};
+use crate::allocator::{Allocator, Caller, Request};
+use crate::error::{into_status, Error, Kind, Result};
+use crate::heap::HeapKind;
+
+/// Cheap to clone: clones share the same allocator and accounting.
+#[derive(Clone)]
+pub struct DmaBufService {
+    allocator: Arc<Allocator>,
+}
+
+impl DmaBufService {
+    pub fn new(allocator: Arc<Allocator>) -> DmaBufService {
+        DmaBufService { allocator }
+    }
+
+    fn heaps(&self) -> Result<Vec<HeapInfo>> {
+        Ok(self
+            .allocator
+            .heaps()
+            .into_iter()
+            .map(|h| HeapInfo {
+                name: h.name,
+                kind: aidl_kind(h.kind),
+                maxAllocationSize: clamp_i64(h.max_size),
+                allocatedBytes: clamp_i64(h.allocated_bytes),
+                bufferCount: h.buffer_count.min(i32::MAX as u64) as i32,
+                aliases: h.aliases,
+            })
+            .collect())
+    }
+
+    fn allocate(&self, caller: Caller, r: &AllocationRequest) -> Result<Buffer> {
+        let a = self.allocator.allocate(
+            caller,
+            &Request {
+                heap: &r.heapName,
+                size: r.size,
+                name: &r.name,
+                flags: r.flags,
+            },
+        )?;
+        log::debug!(
+            "allocated {} bytes from {} as {:?} (ino {}) for uid {} pid {}",
+            a.size,
+            a.heap,
+            a.name,
+            a.inode,
+            caller.uid,
+            caller.pid
+        );
+        // The fd moves into the reply parcel, which closes it once sent:
+        // the service keeps no reference to the buffer.
+        Ok(Buffer {
+            fd: Some(ParcelFileDescriptor::new(a.fd)),
+            inode: a.inode as i64,
+            size: a.size as i64,
+            heapName: a.heap,
+            name: a.name,
+        })
+    }
+
+    fn process_memory(&self, _caller: Caller, _pid: i32) -> Result<ProcessMemory> {
+        Err(Error::new(
+            Kind::Unsupported,
+            "getProcessMemory is not implemented yet",
+        ))
+    }
+
+    fn memory_report(&self, _caller: Caller) -> Result<MemoryReport> {
+        Err(Error::new(
+            Kind::Unsupported,
+            "getMemoryReport is not implemented yet",
+        ))
+    }
+
+    fn reset_hwm(&self, _caller: Caller, _pid: i32) -> Result<()> {
+        Err(Error::new(
+            Kind::Unsupported,
+            "resetHighWaterMark is not implemented yet",
+        ))
+    }
+
+    pub fn render_dump(&self, w: &mut dyn Write, _args: &[String]) -> std::io::Result<()> {
+        writeln!(w, "dmabufd heaps:")?;
+        for h in self.allocator.heaps() {
+            writeln!(
+                w,
+                "  {:<16} {:<8} max {:>12} allocated {:>12} buffers {:>6}",
+                h.name, h.kind, h.max_size, h.allocated_bytes, h.buffer_count
+            )?;
+        }
+        writeln!(w, "buffers:")?;
+        for r in self.allocator.registry().snapshot() {
+            writeln!(
+                w,
+                "  ino {:<8} {:>10} {:<12} {:<32} owner uid {} pid {} ({})",
+                r.inode, r.size, r.heap, r.name, r.owner_uid, r.owner_pid, r.owner_name
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn caller() -> Caller {
+    Caller {
+        uid: rsbinder::get_calling_uid(),
+        pid: rsbinder::get_calling_pid(),
+    }
+}
+
+/// Runs a handler for the current caller and maps its error to a status.
+fn boundary<T>(method: &str, f: impl FnOnce(Caller) -> Result<T>) -> BinderResult<T> {
+    let c = caller();
+    f(c).map_err(|e| into_status(e, method, c.uid, c.pid))
+}
+
+fn aidl_kind(k: HeapKind) -> AidlHeapKind {
+    match k {
+        HeapKind::DmaHeap => AidlHeapKind::DMA_HEAP,
+        HeapKind::Udmabuf => AidlHeapKind::UDMABUF,
+        HeapKind::Memfd => AidlHeapKind::MEMFD,
+    }
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+impl Interface for DmaBufService {
+    fn dump(&self, w: &mut dyn Write, args: &[String]) -> rsbinder::Result<()> {
+        if let Err(e) = self.render_dump(w, args) {
+            log::warn!("dump failed: {e}");
+        }
+        Ok(())
+    }
+}
+
+impl IDmaBufAllocator for DmaBufService {
+    fn getHeaps(&self) -> BinderResult<Vec<HeapInfo>> {
+        boundary("getHeaps", |_| self.heaps())
+    }
+
+    fn allocate(&self, request: &AllocationRequest) -> BinderResult<Buffer> {
+        boundary("allocate", |c| self.allocate(c, request))
+    }
+
+    fn getProcessMemory(&self, pid: i32) -> BinderResult<ProcessMemory> {
+        boundary("getProcessMemory", |c| self.process_memory(c, pid))
+    }
+
+    fn getMemoryReport(&self) -> BinderResult<MemoryReport> {
+        boundary("getMemoryReport", |c| self.memory_report(c))
+    }
+
+    fn resetHighWaterMark(&self, pid: i32) -> BinderResult<()> {
+        boundary("resetHighWaterMark", |c| self.reset_hwm(c, pid))
+    }
+}

@@ -1,0 +1,132 @@
+//! Which binder transport to use, and how to reach the service on it:
+//! kernel binder (registered with the service manager) where a binder
+//! device exists, else RPC binder over a Unix socket with fd passing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rsbinder::rpc::FileDescriptorTransportMode;
+use rsbinder::{Client, Endpoint, SIBinder, Strong, Uri};
+
+use crate::aidl::vendor::dmabuf::IDmaBufAllocator::IDmaBufAllocator;
+use crate::SERVICE_NAME;
+
+/// Environment variable naming the RPC socket (service and clients).
+pub const SOCKET_ENV: &str = "DMABUFD_SOCKET";
+/// The RPC socket when neither --rpc nor DMABUFD_SOCKET says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/dmabufd/dmabufd.sock";
+/// Binder devices rsbinder opens, in its order.
+pub const BINDER_DEVICES: [&str; 2] = ["/dev/binderfs/binder", "/dev/binder"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Kernel,
+    Rpc(PathBuf),
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Kernel => write!(f, "kernel binder (service manager, {SERVICE_NAME})"),
+            Transport::Rpc(p) => write!(f, "RPC binder on unix:{}", p.display()),
+        }
+    }
+}
+
+/// The binder device the kernel transport would use, if any.
+pub fn binder_device() -> Option<&'static str> {
+    BINDER_DEVICES.into_iter().find(|p| Path::new(p).exists())
+}
+
+/// The RPC socket path: DMABUFD_SOCKET, else the default.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os(SOCKET_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// Picks the transport: an explicit socket wins; else kernel binder when a
+/// device exists (or is demanded); else RPC on the default socket. The
+/// second value explains a fallback for the start-up message.
+pub fn choose(rpc: Option<PathBuf>, force_kernel: bool) -> (Transport, Option<String>) {
+    if let Some(p) = rpc {
+        return (Transport::Rpc(p), None);
+    }
+    if force_kernel || binder_device().is_some() {
+        return (Transport::Kernel, None);
+    }
+    let sock = default_socket();
+    let why = format!(
+        "no binder driver ({} absent); serving RPC binder instead",
+        BINDER_DEVICES.join(", ")
+    );
+    (Transport::Rpc(sock), Some(why))
+}
+
+/// Opens an RPC session on `path` with Unix fd passing (both ends must ask).
+pub fn rpc_client(path: &Path) -> rsbinder::Result<Client> {
+    Client::open_with(Endpoint::unix(path), |o, _| {
+        o.fd_mode = Some(FileDescriptorTransportMode::Unix)
+    })
+}
+
+/// Connects to the allocator over RPC.
+pub fn connect_rpc(path: &Path) -> rsbinder::Result<Strong<dyn IDmaBufAllocator>> {
+    rpc_client(path)?.get::<dyn IDmaBufAllocator>(SERVICE_NAME)
+}
+
+/// Connects over kernel binder, waiting up to `wait` for registration.
+pub fn connect_kernel(wait: Duration) -> rsbinder::Result<Strong<dyn IDmaBufAllocator>> {
+    let client = Client::open(Uri::kernel())?;
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(s) = client.try_get::<dyn IDmaBufAllocator>(SERVICE_NAME)? {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            return Err(rsbinder::StatusCode::NameNotFound);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Serves `binder` over RPC at `path` (fd passing on). Replaces a stale
+/// socket file, creates the directory, and lets any local user connect:
+/// who may do what is decided per call from the peer's uid.
+pub fn serve_rpc(path: &Path, binder: SIBinder) -> std::io::Result<rsbinder::ServerGuard> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running service", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let guard = rsbinder::serve(Endpoint::unix(path))
+        .and_then(|s| s.add(SERVICE_NAME, binder))
+        .map(|s| {
+            s.with(|o| {
+                o.fd_modes = Some(vec![FileDescriptorTransportMode::Unix]);
+                o.threads = Some(8);
+            })
+        })
+        .and_then(|s| s.spawn())
+        .map_err(|e| std::io::Error::other(format!("RPC server on {}: {e:?}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(guard)
+}
+
+/// Registers `binder` with the service manager and serves on the binder
+/// thread pool; returns once registered.
+pub fn serve_kernel(binder: SIBinder) -> std::io::Result<rsbinder::ServerGuard> {
+    rsbinder::serve(Uri::kernel())
+        .and_then(|s| s.add(SERVICE_NAME, binder))
+        .and_then(|s| s.spawn())
+        .map_err(|e| std::io::Error::other(format!("kernel binder: {e:?}")))
+}
