@@ -12,6 +12,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
+# The kernel's list of every live dma-buf (dma_buf/bufinfo) lives in debugfs.
+mount -t debugfs debugfs /sys/kernel/debug
 
 mode=$(sed -n 's/.*vm_mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
 service=$(sed -n 's/.*vm_service=\([a-z-]*\).*/\1/p' /proc/cmdline)

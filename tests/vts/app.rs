@@ -1,27 +1,43 @@
 //! App processes: this binary re-executed under an app uid as
-//! `vts --app ROLE ARGS...`. Each role does one thing and prints its result
-//! on stdout for the parent case to judge; the exit status only says whether
-//! the role could be carried out at all.
+//! `vts --app ROLE ARGS...`. A role (see `cases::app_role`) does its part of
+//! a case inside the app and prints its result on stdout; a failed role
+//! exits non-zero with the reason on stderr.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 
 /// The app uids of the VM (rsb_hub's policy lets them find the service).
 pub const APP_A: u32 = 10001;
 pub const APP_B: u32 = 10002;
+/// An app uid with a tiny quota in the VM's dmabufd config.
+pub const APP_SMALL_QUOTA: u32 = 10003;
 
-/// Runs `vts --app ROLE ARGS...` as `uid` (and gid `uid`) and returns its
-/// stdout, trimmed; a non-zero exit is an error carrying stdout and stderr.
+/// What an app role returns: the line to print, or why it failed.
+pub type RoleResult = Result<String, String>;
+pub type Role = fn(&[&str]) -> RoleResult;
+
+/// Runs `vts --app ROLE ARGS...` as `uid` (and gid `uid`) to completion and
+/// returns its stdout, trimmed; a failed role is an error with its stderr.
 pub fn run_as(uid: u32, role: &str, args: &[&str]) -> Result<String, String> {
-    let out = command_as(uid, role, args)
+    let child = command_as(uid, role, args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("spawning app {role} as uid {uid}: {e}"))?;
+    finish(child, uid, role)
+}
+
+/// Waits for an app started with piped stdout/stderr and judges it like [`run_as`].
+pub fn finish(child: Child, uid: u32, role: &str) -> Result<String, String> {
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for app {role}: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() {
         return Err(format!(
-            "app {role} as uid {uid} failed ({}): {stdout} {}",
+            "app {role} as uid {uid} failed ({}): {} {stdout}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -44,38 +60,19 @@ pub fn main(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     };
     let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
-    let result = match (role.as_str(), rest.as_slice()) {
-        ("open", [path]) => open_device(path),
-        ("register", [name]) => register(name),
-        _ => Err(format!("unknown role {role} {rest:?}")),
+    let Some(run) = crate::cases::app_role(role) else {
+        eprintln!("vts --app: unknown role {role}");
+        return ExitCode::from(2);
     };
-    match result {
+    match run(&rest) {
         Ok(line) => {
             println!("{line}");
             let _ = std::io::stdout().flush();
             ExitCode::SUCCESS
         }
         Err(why) => {
-            eprintln!("vts --app {role}: {why}");
+            eprintln!("{why}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Tries to open `path` read-write; prints `ok` or `errno N`.
-fn open_device(path: &str) -> Result<String, String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
-        Ok(_) => Ok("ok".into()),
-        Err(e) => Ok(format!("errno {}", e.raw_os_error().unwrap_or(-1))),
-    }
-}
-
-/// Tries to register a (refusing) allocator under `name` with rsb_hub;
-/// prints `ok` or `refused <exception code>`.
-fn register(name: &str) -> Result<String, String> {
-    rsbinder::ProcessState::init_default().map_err(|e| format!("binder init: {e}"))?;
-    match rsbinder::hub::add_service(name, crate::stand_in::new_binder()) {
-        Ok(()) => Ok("ok".into()),
-        Err(status) => Ok(format!("refused {:?}", status.exception_code())),
     }
 }

@@ -13,6 +13,7 @@ mod cases;
 mod harness;
 mod proc_scan;
 mod stand_in;
+mod support;
 
 use std::process::ExitCode;
 

@@ -3,7 +3,6 @@
 //! service's own accounting.
 
 use std::fs;
-use std::path::Path;
 
 /// The service's pid: the process whose command line is `dmabufd ...` (or
 /// the harness stand-in).
@@ -97,14 +96,57 @@ pub fn dmabuf_fds(pid: i32) -> Result<Vec<(i32, FdInfo)>, String> {
     Ok(out)
 }
 
-/// Lines of /proc/<pid>/maps that map a dma-buf (`/dmabuf:` or a udmabuf memfd).
-pub fn dmabuf_maps(pid: i32) -> Result<Vec<String>, String> {
+/// Mappings of `pid` that are dma-bufs or memfds: (inode, path) per line.
+pub fn buffer_mappings(pid: i32) -> Result<Vec<(u64, String)>, String> {
     let text = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| e.to_string())?;
-    Ok(text
-        .lines()
-        .filter(|l| l.contains("/dmabuf:") || l.contains("dmabuf"))
-        .map(str::to_string)
-        .collect())
+    Ok(parse_buffer_mappings(&text))
+}
+
+/// maps lines: "start-end perms offset dev inode path".
+fn parse_buffer_mappings(text: &str) -> Vec<(u64, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let inode: u64 = f.nth(4)?.parse().ok()?;
+            let path = f.collect::<Vec<_>>().join(" ");
+            (path.starts_with("/dmabuf:") || path.starts_with("/memfd:"))
+                .then_some((inode, path))
+        })
+        .collect()
+}
+
+/// What each fd of `pid` points at (readlink of /proc/<pid>/fd/N).
+pub fn fd_targets(pid: i32) -> Result<Vec<(i32, String)>, String> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| e.to_string())? {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if let Ok(target) = fs::read_link(entry.path()) {
+            out.push((fd, target.to_string_lossy().into_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// Inodes among `inodes` that `pid` references by fd or mapping.
+pub fn referenced_inodes(pid: i32, inodes: &[u64]) -> Vec<u64> {
+    let mut found: Vec<u64> = dmabuf_fds(pid)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, info)| info.get("ino")?.parse().ok())
+        .chain(
+            buffer_mappings(pid)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(ino, _)| ino),
+        )
+        .filter(|ino| inodes.contains(ino))
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 /// Every pid in /proc.
@@ -115,9 +157,4 @@ pub fn pids() -> Vec<i32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Whether `path` exists (device nodes, sysfs files).
-pub fn exists(path: &str) -> bool {
-    Path::new(path).exists()
 }

@@ -3,16 +3,17 @@
 
 use std::process::Command;
 
-use crate::app::{self, APP_A, APP_B};
+use crate::app::{self, RoleResult, APP_A, APP_B};
 use crate::ensure;
 use crate::harness::{Case, Outcome};
 use crate::stand_in::SERVICE_UID;
+use crate::support::{connect, KIB};
 
 pub fn cases() -> Vec<Case> {
     vec![
         Case {
-            name: "app_uid_cannot_open_dma_heap_system_directly",
-            run: app_uid_cannot_open_dma_heap_system_directly,
+            name: "app_uid_cannot_open_dma_heap_system_but_allocates_through_the_service",
+            run: app_uid_cannot_open_dma_heap_system_but_allocates_through_the_service,
         },
         Case {
             name: "app_uid_cannot_open_udmabuf_directly",
@@ -48,8 +49,13 @@ fn app_cannot_open(path: &str) -> Outcome {
     Ok(())
 }
 
-fn app_uid_cannot_open_dma_heap_system_directly() -> Outcome {
-    app_cannot_open("/dev/dma_heap/system")
+fn app_uid_cannot_open_dma_heap_system_but_allocates_through_the_service() -> Outcome {
+    app_cannot_open("/dev/dma_heap/system")?;
+    for uid in [APP_A, APP_B] {
+        let got = app::run_as(uid, "alloc-one", &["system"])?;
+        ensure!(got == "ok", "uid {uid} allocating through the service: {got}");
+    }
+    Ok(())
 }
 
 fn app_uid_cannot_open_udmabuf_directly() -> Outcome {
@@ -92,9 +98,54 @@ fn rsb_service_dump_prints_the_service_dump() -> Outcome {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    // The dump lists the heaps the service serves.
     ensure!(
-        !stdout.trim().is_empty(),
-        "rsb_service dump printed nothing"
+        stdout.contains("system") && stdout.contains("udmabuf"),
+        "rsb_service dump does not list the heaps: {stdout:?}"
     );
     Ok(())
+}
+
+pub fn roles() -> Vec<(&'static str, app::Role)> {
+    vec![
+        ("open", open_device),
+        ("register", register),
+        ("alloc-one", alloc_one),
+    ]
+}
+
+/// `open PATH`: tries to open PATH read-write; prints `ok` or `errno N`.
+fn open_device(args: &[&str]) -> RoleResult {
+    let [path] = args else {
+        return Err("open PATH".into());
+    };
+    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(_) => Ok("ok".into()),
+        Err(e) => Ok(format!("errno {}", e.raw_os_error().unwrap_or(-1))),
+    }
+}
+
+/// `register NAME`: tries to register an allocator under NAME with rsb_hub;
+/// prints `ok` or `refused <exception code>`.
+fn register(args: &[&str]) -> RoleResult {
+    let [name] = args else {
+        return Err("register NAME".into());
+    };
+    rsbinder::ProcessState::init_default().map_err(|e| format!("binder init: {e}"))?;
+    match rsbinder::hub::add_service(name, crate::stand_in::new_binder()) {
+        Ok(()) => Ok("ok".into()),
+        Err(status) => Ok(format!("refused {:?}", status.exception_code())),
+    }
+}
+
+/// `alloc-one HEAP`: one 64 KiB buffer through the service.
+fn alloc_one(args: &[&str]) -> RoleResult {
+    let [heap] = args else {
+        return Err("alloc-one HEAP".into());
+    };
+    let buf = connect()?
+        .allocate(heap, 64 * KIB, "vts-app")
+        .map_err(|e| format!("allocate: {e}"))?;
+    ensure!(buf.size() == 64 * KIB, "size {}", buf.size());
+    Ok("ok".into())
 }
