@@ -73,6 +73,21 @@ impl DmaBufService {
         })
     }
 
+    /// Root, system and the configured uids may see every process.
+    fn require_privileged(&self, c: Caller, what: &str) -> Result<()> {
+        if self.allocator.config().is_privileged(c.uid) {
+            return Ok(());
+        }
+        Err(Error::new(
+            Kind::Permission,
+            format!(
+                "{what}: uid {} may not read other processes' memory; allowed: root, system (1000) \
+                 and the config's service.privileged_uids",
+                c.uid
+            ),
+        ))
+    }
+
     fn process_memory(&self, _caller: Caller, _pid: i32) -> Result<ProcessMemory> {
         Err(Error::new(
             Kind::Unsupported,
@@ -142,6 +157,11 @@ fn clamp_i64(v: u64) -> i64 {
 
 impl Interface for DmaBufService {
     fn dump(&self, w: &mut dyn Write, args: &[String]) -> rsbinder::Result<()> {
+        let c = caller();
+        if let Err(e) = self.require_privileged(c, "dump") {
+            let _ = writeln!(w, "{}", e.message);
+            return Ok(());
+        }
         if let Err(e) = self.render_dump(w, args) {
             log::warn!("dump failed: {e}");
         }
@@ -168,5 +188,15 @@ impl IDmaBufAllocator for DmaBufService {
 
     fn resetHighWaterMark(&self, pid: i32) -> BinderResult<()> {
         boundary("resetHighWaterMark", |c| self.reset_hwm(c, pid))
+    }
+
+    fn renderDump(&self, args: &[String]) -> BinderResult<Vec<u8>> {
+        boundary("renderDump", |c| {
+            self.require_privileged(c, "renderDump")?;
+            let mut out = Vec::new();
+            self.render_dump(&mut out, args)
+                .map_err(|e| Error::new(Kind::Internal, format!("dump: {e}")))?;
+            Ok(out)
+        })
     }
 }

@@ -1,0 +1,135 @@
+//! Host test fixture: a real `dmabufd` process serving RPC binder on a
+//! private socket, with a config written for the test.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dmabufd::client::Allocator;
+
+pub struct Service {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Service {
+    /// Starts dmabufd with `config` (TOML) and waits until it answers.
+    pub fn start(config: &str) -> Service {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("dmabufd-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        }
+        let cfg = dir.join("dmabufd.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let socket = dir.join("dmabufd.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_dmabufd"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--rpc")
+            .arg(&socket)
+            .env("DMABUFD_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn dmabufd");
+        let svc = Service { child, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if svc.socket.exists() && Allocator::connect_rpc(&svc.socket).is_ok() {
+                return svc;
+            }
+            assert!(Instant::now() < deadline, "dmabufd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn connect(&self) -> Allocator {
+        Allocator::connect_rpc(&self.socket).expect("connect")
+    }
+
+    /// A dmabufctl command aimed at this service.
+    pub fn ctl(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dmabufctl"));
+        c.env("DMABUFD_SOCKET", &self.socket)
+            .env("DMABUFD_LOG", "warn");
+        c
+    }
+
+    /// The service process's open fds that are buffers (memfd or dma-buf).
+    pub fn buffer_fds(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .flatten()
+        {
+            if let Ok(l) = std::fs::read_link(e.path()) {
+                let l = l.to_string_lossy().to_string();
+                if l.starts_with("/memfd:") || l.starts_with("/dmabuf:") {
+                    v.push(l);
+                }
+            }
+        }
+        v
+    }
+
+    /// The service process's mappings of buffers.
+    pub fn buffer_maps(&self) -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/memfd:") || l.contains("/dmabuf:"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `dmabufd --demo-app viewer` listening at `listen`; returns the child
+/// and a reader of its stdout, once it is listening.
+pub fn spawn_viewer(listen: &Path) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmabufd"))
+        .args(["--demo-app", "viewer", "unused"])
+        .arg(listen)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "holding", "viewer not listening: {line}");
+    (child, out)
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

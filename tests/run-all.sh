@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every test: lint, host tests (RPC + memfd heap, platform files, sepolicy
+# compile), then the real-kernel suite in QEMU (binder, DMA-BUF heaps, udmabuf).
+# Installs what it needs on a fresh Debian machine (root) via apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "run-all: installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# checkpolicy + m4 compile the sepolicy in tests/platform_files.rs.
+apt_install checkpolicy m4
+
+echo "== lint"
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== host tests"
+cargo test --all-targets
+
+echo "== real-kernel suite (QEMU)"
+tests/vm/run.sh
