@@ -229,7 +229,7 @@ image=$work/initramfs.cpio.gz
 build_initramfs "$kernel_dir" "$image"
 console=$work/console.log
 
-qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "$vm_mem" -smp 2 -no-reboot
+qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "$vm_mem" -smp 2 -no-reboot -nic none
     -kernel "$kernel_dir/vmlinuz" -initrd "$image")
 cmdline="console=ttyS0 quiet panic=-1 vm_mode=$mode vm_service=$service"
 

@@ -31,7 +31,9 @@ macro_rules! ensure {
 pub fn run(cases: Vec<Case>, filter: &[String]) -> ExitCode {
     // Panic messages become the FAIL reason instead of going to stderr.
     panic::set_hook(Box::new(|info| {
-        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
         *PANIC_AT.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }));
     let (mut passed, mut failed) = (0usize, 0usize);

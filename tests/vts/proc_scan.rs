@@ -9,7 +9,11 @@ use std::fs;
 pub fn service_pid() -> Result<i32, String> {
     for entry in fs::read_dir("/proc").map_err(|e| e.to_string())? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -109,8 +113,7 @@ fn parse_buffer_mappings(text: &str) -> Vec<(u64, String)> {
             let mut f = l.split_whitespace();
             let inode: u64 = f.nth(4)?.parse().ok()?;
             let path = f.collect::<Vec<_>>().join(" ");
-            (path.starts_with("/dmabuf:") || path.starts_with("/memfd:"))
-                .then_some((inode, path))
+            (path.starts_with("/dmabuf:") || path.starts_with("/memfd:")).then_some((inode, path))
         })
         .collect()
 }

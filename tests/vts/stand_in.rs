@@ -6,9 +6,12 @@
 use std::process::ExitCode;
 
 use dmabufd::aidl::vendor::dmabuf::{
-    AllocationRequest::AllocationRequest, Buffer::Buffer, HeapInfo::HeapInfo,
+    AllocationRequest::AllocationRequest,
+    Buffer::Buffer,
+    HeapInfo::HeapInfo,
     IDmaBufAllocator::{BnDmaBufAllocator, IDmaBufAllocator},
-    MemoryReport::MemoryReport, ProcessMemory::ProcessMemory,
+    MemoryReport::MemoryReport,
+    ProcessMemory::ProcessMemory,
 };
 use rsbinder::{ExceptionCode, SIBinder, Status};
 
@@ -42,6 +45,9 @@ impl IDmaBufAllocator for Refuser {
         refused()
     }
     fn r#resetHighWaterMark(&self, _pid: i32) -> rsbinder::BinderResult<()> {
+        refused()
+    }
+    fn r#renderDump(&self, _args: &[String]) -> rsbinder::BinderResult<Vec<u8>> {
         refused()
     }
 }

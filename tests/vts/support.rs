@@ -31,7 +31,11 @@ pub fn seen_codes() -> BTreeSet<i32> {
 }
 
 /// `Ok` when `result` is the service-specific refusal `code`.
-pub fn expect_code<T>(result: client::Result<T>, code: ErrorCode, what: &str) -> Result<(), String> {
+pub fn expect_code<T>(
+    result: client::Result<T>,
+    code: ErrorCode,
+    what: &str,
+) -> Result<(), String> {
     match result {
         Ok(_) => Err(format!(
             "{what}: expected {}, but it succeeded",
@@ -88,9 +92,12 @@ pub fn system_dmabuf_total() -> Result<(u64, u64), String> {
     parse_bufinfo_total(&text).ok_or_else(|| format!("no \"Total\" line in {path}"))
 }
 
-/// "Total 3 objects, 12288 bytes" -> (3, 12288).
+/// "Total 3 objects, 12288 bytes" -> (3, 12288). Each buffer's own
+/// "Total N devices attached" line comes before it.
 fn parse_bufinfo_total(text: &str) -> Option<(u64, u64)> {
-    let line = text.lines().find(|l| l.starts_with("Total "))?;
+    let line = text
+        .lines()
+        .rfind(|l| l.starts_with("Total ") && l.contains(" objects, "))?;
     let mut nums = line
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())

@@ -152,7 +152,9 @@ fn zero_after_reuse(_: &[&str]) -> RoleResult {
     let dirty = batch("dirty")?;
     for buf in &dirty {
         let mut map = buf.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-        map.as_mut_slice().ok_or("write map is read-only")?.fill(0xaa);
+        map.as_mut_slice()
+            .ok_or("write map is read-only")?
+            .fill(0xaa);
     }
     drop(dirty);
     for (i, buf) in batch("fresh")?.iter().enumerate() {
@@ -173,7 +175,9 @@ fn cpu_sync(_: &[&str]) -> RoleResult {
         .allocate("system", 64 * KIB, "vts-sync")
         .map_err(|e| e.to_string())?;
     {
-        let mut w = buf.map(SyncDirection::Write).map_err(|e| format!("write start: {e}"))?;
+        let mut w = buf
+            .map(SyncDirection::Write)
+            .map_err(|e| format!("write start: {e}"))?;
         w.as_mut_slice().ok_or("write map is read-only")?.fill(0x5a);
     }
     {
@@ -181,18 +185,29 @@ fn cpu_sync(_: &[&str]) -> RoleResult {
             .map(SyncDirection::ReadWrite)
             .map_err(|e| format!("read-write start: {e}"))?;
         let s = rw.as_mut_slice().ok_or("read-write map is read-only")?;
-        ensure!(s.iter().all(|b| *b == 0x5a), "read-write sees other bytes than written");
+        ensure!(
+            s.iter().all(|b| *b == 0x5a),
+            "read-write sees other bytes than written"
+        );
         s[..4096].fill(0xa5);
     }
-    let r = buf.map(SyncDirection::Read).map_err(|e| format!("read start: {e}"))?;
+    let r = buf
+        .map(SyncDirection::Read)
+        .map_err(|e| format!("read start: {e}"))?;
     ensure!(
-        r.as_slice()[..4096].iter().all(|b| *b == 0xa5) && r.as_slice()[4096..].iter().all(|b| *b == 0x5a),
+        r.as_slice()[..4096].iter().all(|b| *b == 0xa5)
+            && r.as_slice()[4096..].iter().all(|b| *b == 0x5a),
         "read sees other bytes than written"
     );
     drop(r);
     // The raw ioctls too, so a silently skipped sync cannot pass: start/end pairs.
-    for dir in [SyncDirection::Read, SyncDirection::Write, SyncDirection::ReadWrite] {
-        dmabufd::sys::dma_buf_sync(buf.fd(), dir, false).map_err(|e| format!("{dir:?} start: {e}"))?;
+    for dir in [
+        SyncDirection::Read,
+        SyncDirection::Write,
+        SyncDirection::ReadWrite,
+    ] {
+        dmabufd::sys::dma_buf_sync(buf.fd(), dir, false)
+            .map_err(|e| format!("{dir:?} start: {e}"))?;
         dmabufd::sys::dma_buf_sync(buf.fd(), dir, true).map_err(|e| format!("{dir:?} end: {e}"))?;
     }
     Ok("ok".into())
@@ -216,7 +231,10 @@ fn udmabuf_basic(_: &[&str]) -> RoleResult {
         }
         let r = buf.map(SyncDirection::Read).map_err(|e| e.to_string())?;
         ensure!(
-            r.as_slice().iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+            r.as_slice()
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i % 251) as u8),
             "udmabuf {size}: read back differs from what was written"
         );
     }

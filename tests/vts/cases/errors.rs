@@ -186,7 +186,10 @@ fn request_larger_than_ram_is_refused_without_any_oom_kill() -> Outcome {
     let ram = meminfo_bytes("MemTotal")?;
     match alloc.allocate("system", 1 << 40, "vts-huge") {
         Ok(b) => return Err(format!("1 TiB was allocated: {} bytes", b.size())),
-        Err(e) => ensure!(e.error_code().is_some(), "1 TiB refused without an ErrorCode: {e}"),
+        Err(e) => ensure!(
+            e.error_code().is_some(),
+            "1 TiB refused without an ErrorCode: {e}"
+        ),
     }
     service_answers(&alloc)?;
     // Under the VM's 4 GiB heap max, so only memory itself can refuse it.

@@ -6,6 +6,7 @@ use std::process::Command;
 use crate::app::{self, RoleResult, APP_A, APP_B};
 use crate::ensure;
 use crate::harness::{Case, Outcome};
+use crate::proc_scan;
 use crate::stand_in::SERVICE_UID;
 use crate::support::{connect, KIB};
 
@@ -22,6 +23,10 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "app_uid_cannot_register_vendor_dmabuf_service",
             run: app_uid_cannot_register_vendor_dmabuf_service,
+        },
+        Case {
+            name: "service_runs_as_its_own_uid_with_only_ptrace_read_capabilities",
+            run: service_runs_as_its_own_uid_with_only_ptrace_read_capabilities,
         },
         Case {
             name: "rsb_service_dump_prints_the_service_dump",
@@ -53,7 +58,10 @@ fn app_uid_cannot_open_dma_heap_system_but_allocates_through_the_service() -> Ou
     app_cannot_open("/dev/dma_heap/system")?;
     for uid in [APP_A, APP_B] {
         let got = app::run_as(uid, "alloc-one", &["system"])?;
-        ensure!(got == "ok", "uid {uid} allocating through the service: {got}");
+        ensure!(
+            got == "ok",
+            "uid {uid} allocating through the service: {got}"
+        );
     }
     Ok(())
 }
@@ -78,11 +86,51 @@ fn app_uid_cannot_register_vendor_dmabuf_service() -> Outcome {
             );
         }
     }
-    let control = app::run_as(SERVICE_UID, "register", &["vendor.dmabuf.IVtsControl/probe"])?;
+    let control = app::run_as(
+        SERVICE_UID,
+        "register",
+        &["vendor.dmabuf.IVtsControl/probe"],
+    )?;
     ensure!(
         control == "ok",
         "the service uid {SERVICE_UID} could not add under vendor.dmabuf.*: {control}"
     );
+    Ok(())
+}
+
+/// CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19): what reading other
+/// processes' /proc/<pid>/fd, fdinfo and maps takes.
+const ALLOWED_CAPS: u64 = (1 << 2) | (1 << 19);
+
+fn service_runs_as_its_own_uid_with_only_ptrace_read_capabilities() -> Outcome {
+    let pid = proc_scan::service_pid()?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let line = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let want = SERVICE_UID.to_string();
+    for key in ["Uid", "Gid"] {
+        let ids = line(key);
+        ensure!(
+            ids.len() == 4 && ids.iter().all(|id| *id == want),
+            "service {key} (real, effective, saved, fs) is {ids:?}, want {want}"
+        );
+    }
+    for key in ["CapEff", "CapPrm"] {
+        let caps = line(key)
+            .first()
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .ok_or_else(|| format!("no {key} in /proc/{pid}/status"))?;
+        ensure!(
+            caps & !ALLOWED_CAPS == 0,
+            "service {key} is {caps:#x}; only {ALLOWED_CAPS:#x} (DAC_READ_SEARCH, SYS_PTRACE) is needed"
+        );
+    }
     Ok(())
 }
 
@@ -119,7 +167,11 @@ fn open_device(args: &[&str]) -> RoleResult {
     let [path] = args else {
         return Err("open PATH".into());
     };
-    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
         Ok(_) => Ok("ok".into()),
         Err(e) => Ok(format!("errno {}", e.raw_os_error().unwrap_or(-1))),
     }

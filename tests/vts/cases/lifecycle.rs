@@ -43,11 +43,22 @@ struct Holder {
 }
 
 /// Starts `hold HEAP SIZE COUNT MAPPED` as `uid` and reads the inodes it holds.
-fn start_holder(uid: u32, heap: &str, size: u64, count: usize, mapped: usize) -> Result<Holder, String> {
+fn start_holder(
+    uid: u32,
+    heap: &str,
+    size: u64,
+    count: usize,
+    mapped: usize,
+) -> Result<Holder, String> {
     let mut child = app::command_as(
         uid,
         "hold",
-        &[heap, &size.to_string(), &count.to_string(), &mapped.to_string()],
+        &[
+            heap,
+            &size.to_string(),
+            &count.to_string(),
+            &mapped.to_string(),
+        ],
     )
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
@@ -166,7 +177,9 @@ fn buffer_passed_from_app_a_to_app_b_reads_back_a_bytes_in_b() -> Outcome {
         .map_err(|e| format!("spawning A: {e}"))?;
     let sent = app::finish(sender, APP_A, "send")?;
     let got = app::finish(receiver, APP_B, "recv")?;
-    let inode = sent.strip_prefix("sent ").ok_or(format!("A printed {sent:?}"))?;
+    let inode = sent
+        .strip_prefix("sent ")
+        .ok_or(format!("A printed {sent:?}"))?;
     ensure!(
         got == format!("ok {inode}"),
         "B printed {got:?}, A sent inode {inode}"
@@ -182,13 +195,22 @@ fn send(_: &[&str]) -> RoleResult {
         .map_err(|e| e.to_string())?;
     {
         let mut m = buf.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-        for (i, b) in m.as_mut_slice().ok_or("read-only map")?.iter_mut().enumerate() {
+        for (i, b) in m
+            .as_mut_slice()
+            .ok_or("read-only map")?
+            .iter_mut()
+            .enumerate()
+        {
             *b = pattern(i);
         }
     }
     let stdin = std::io::stdin();
-    sys::send_fds(stdin.as_fd(), buf.inode().to_string().as_bytes(), &[buf.fd()])
-        .map_err(|e| format!("sending the fd: {e}"))?;
+    sys::send_fds(
+        stdin.as_fd(),
+        buf.inode().to_string().as_bytes(),
+        &[buf.fd()],
+    )
+    .map_err(|e| format!("sending the fd: {e}"))?;
     Ok(format!("sent {}", buf.inode()))
 }
 
@@ -196,7 +218,8 @@ fn send(_: &[&str]) -> RoleResult {
 fn recv(_: &[&str]) -> RoleResult {
     let stdin = std::io::stdin();
     let mut msg = [0u8; 32];
-    let (n, mut fds) = sys::recv_fds(stdin.as_fd(), &mut msg).map_err(|e| format!("receiving: {e}"))?;
+    let (n, mut fds) =
+        sys::recv_fds(stdin.as_fd(), &mut msg).map_err(|e| format!("receiving: {e}"))?;
     let sent_inode = String::from_utf8_lossy(&msg[..n]).to_string();
     ensure!(fds.len() == 1, "received {} fds", fds.len());
     let buf = DmaBuffer::from_owned_fd(fds.remove(0)).map_err(|e| e.to_string())?;
@@ -213,8 +236,17 @@ fn recv(_: &[&str]) -> RoleResult {
         buf.name()
     );
     let m = buf.map(SyncDirection::Read).map_err(|e| e.to_string())?;
-    if let Some(i) = m.as_slice().iter().enumerate().position(|(i, b)| *b != pattern(i)) {
-        return Err(format!("byte {i} is {:#04x}, A wrote {:#04x}", m.as_slice()[i], pattern(i)));
+    if let Some(i) = m
+        .as_slice()
+        .iter()
+        .enumerate()
+        .position(|(i, b)| *b != pattern(i))
+    {
+        return Err(format!(
+            "byte {i} is {:#04x}, A wrote {:#04x}",
+            m.as_slice()[i],
+            pattern(i)
+        ));
     }
     Ok(format!("ok {}", buf.inode()))
 }

@@ -154,11 +154,18 @@ fn concurrent(args: &[&str]) -> RoleResult {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().map_err(|_| "allocating thread panicked".to_string())?)
+            .map(|h| {
+                h.join()
+                    .map_err(|_| "allocating thread panicked".to_string())?
+            })
             .collect::<Result<Vec<_>, String>>()
     })?;
     let buffers: Vec<_> = buffers.into_iter().flatten().collect();
-    ensure!(buffers.len() == total, "{} buffers, want {total}", buffers.len());
+    ensure!(
+        buffers.len() == total,
+        "{} buffers, want {total}",
+        buffers.len()
+    );
     let me = std::process::id() as i32;
     let mut inodes = BTreeSet::new();
     for b in &buffers {
@@ -170,6 +177,10 @@ fn concurrent(args: &[&str]) -> RoleResult {
         );
         inodes.insert(b.inode());
     }
-    ensure!(inodes.len() == total, "only {} distinct inodes of {total}", inodes.len());
+    ensure!(
+        inodes.len() == total,
+        "only {} distinct inodes of {total}",
+        inodes.len()
+    );
     Ok("ok".into())
 }
