@@ -88,6 +88,15 @@ case "$mode" in
         setsid cttyhack sh
         ;;
     bench)
+        # A second instance serving RPC binder, for the RPC column.
+        RUST_LOG=warn dmabufd --rpc /run/dmabufd-bench/rpc.sock --config /etc/dmabufd.toml \
+            >/run/dmabufd-rpc.log 2>&1 &
+        tries=100
+        while [ ! -S /run/dmabufd-bench/rpc.sock ] && [ $tries -gt 0 ]; do
+            sleep 0.2
+            tries=$((tries - 1))
+        done
+        [ -S /run/dmabufd-bench/rpc.sock ] || die "the RPC dmabufd did not start: $(cat /run/dmabufd-rpc.log)"
         echo "BENCH BEGIN"
         DMABUFD_VTS=1 vts --bench 2>&1
         oom_check

@@ -60,7 +60,12 @@ pub fn main(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     };
     let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
-    let Some(run) = crate::cases::app_role(role) else {
+    let Some(run) = crate::cases::app_role(role).or_else(|| {
+        crate::bench::roles()
+            .into_iter()
+            .find(|(n, _)| n == role)
+            .map(|(_, r)| r)
+    }) else {
         eprintln!("vts --app: unknown role {role}");
         return ExitCode::from(2);
     };
