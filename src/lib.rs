@@ -16,6 +16,7 @@ pub mod proto {
 /// The instance name registered with the service manager (and the RPC name).
 pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
 
+pub mod accounting;
 pub mod allocator;
 pub mod client;
 pub mod config;
@@ -24,7 +25,10 @@ pub mod demo;
 pub mod error;
 pub mod heap;
 pub mod logging;
+pub mod privileges;
+pub mod procfs;
 pub mod registry;
+pub mod report;
 pub mod service;
 pub mod sys;
 pub mod transport;

@@ -1,0 +1,58 @@
+/*
+ * dmabufd: the DMA-BUF allocator HAL. Stable (VINTF) AIDL, package vendor.dmabuf.
+ */
+///////////////////////////////////////////////////////////////////////////////
+// THIS FILE IS IMMUTABLE. DO NOT EDIT IN ANY CASE.                          //
+///////////////////////////////////////////////////////////////////////////////
+
+// This file is a snapshot of an AIDL file. Do not edit it manually. There are
+// two cases:
+// 1). this is a frozen version file - do not edit this in any case.
+// 2). this is a 'current' file. If you make a backwards compatible change to
+//     the interface (from the latest frozen version), the build system will
+//     prompt you to update this file with `m <name>-update-api`.
+//
+// You must not make a backward incompatible change to any AIDL file built
+// with the aidl_interface module type with versions property set. The module
+// type is used to build AIDL files in a way that they can be used across
+// independently updatable components of the system. If a device is shipped
+// with such a backward incompatible change, it has a high risk of breaking
+// later when a module using the interface is updated, e.g., Mainline modules.
+
+package vendor.dmabuf;
+
+import vendor.dmabuf.AllocationRequest;
+import vendor.dmabuf.Buffer;
+import vendor.dmabuf.HeapInfo;
+import vendor.dmabuf.MemoryReport;
+import vendor.dmabuf.ProcessMemory;
+
+/**
+ * The allocator service. It alone opens the DMA-BUF heap devices; apps get
+ * named dma-buf fds from it and the service records who allocated each one.
+ * Refusals are service-specific errors carrying an ErrorCode; permission
+ * refusals are EX_SECURITY.
+ */
+@VintfStability
+interface IDmaBufAllocator {
+    /** Prefer "<heap>-uncached" where such a heap exists (no CPU access wanted). */
+    const int FLAG_NO_CPU_ACCESS = 1;
+
+    /** The heaps this service serves, with their limits and current usage. */
+    HeapInfo[] getHeaps();
+
+    /** Allocates one buffer; the returned fd is the caller's only reference. */
+    Buffer allocate(in AllocationRequest request);
+
+    /**
+     * DMA-BUF memory of one process (rss, pss, hwm, its buffers). Any caller
+     * may ask about itself; other pids need a privileged caller.
+     */
+    ProcessMemory getProcessMemory(int pid);
+
+    /** Every process, every buffer, and totals. Privileged callers only. */
+    MemoryReport getMemoryReport();
+
+    /** Resets the high-water mark of pid (0 = every process). Privileged. */
+    void resetHighWaterMark(int pid);
+}
