@@ -44,9 +44,11 @@ chmod 0600 /dev/dma_heap/* /dev/udmabuf
 say "kernel $(uname -r), heaps: $(ls /dev/dma_heap | tr '\n' ' ')"
 
 # rsb_service check: 0 registered, 1 not registered, 2 no answer (no hub yet).
+# Gives up early when the process being waited for ($3) has exited.
 wait_for() {
-    want=$1 tries=$2 rc=2
+    want=$1 tries=$2 pid=$3 rc=2
     while [ "$tries" -gt 0 ]; do
+        kill -0 "$pid" 2>/dev/null || return 1
         rsb_service check "$SERVICE_NAME" >/dev/null 2>&1
         rc=$?
         case "$want:$rc" in
@@ -59,7 +61,7 @@ wait_for() {
 }
 
 rsb_hub --config /etc/rsb_hub/dmabufd.toml >/run/rsb_hub.log 2>&1 &
-wait_for hub 100 || die "rsb_hub did not come up"
+wait_for hub 100 $! || die "rsb_hub did not come up"
 say "rsb_hub up (policy /etc/rsb_hub/dmabufd.toml)"
 
 if [ "$service" = stand-in ]; then
@@ -70,7 +72,7 @@ else
     RUST_LOG=info dmabufd --kernel --config /etc/dmabufd.toml >/run/dmabufd.log 2>&1 &
 fi
 service_pid=$!
-wait_for service 300 || die "$SERVICE_NAME was not registered within 60 s"
+wait_for service 300 "$service_pid" || die "$SERVICE_NAME was not registered (within 60 s)"
 say "service registered (pid $service_pid, uid $(awk '/^Uid:/ {print $2}' /proc/$service_pid/status))"
 
 oom_check() {
