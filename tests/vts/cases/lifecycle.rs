@@ -9,11 +9,11 @@ use std::process::{Child, Stdio};
 use dmabufd::client::DmaBuffer;
 use dmabufd::sys::{self, SyncDirection};
 
-use crate::app::{self, RoleResult, APP_A, APP_B};
+use crate::app::{self, RoleResult, APP_A, APP_B, APP_SMALL_QUOTA};
 use crate::ensure;
 use crate::harness::{Case, Outcome};
 use crate::proc_scan;
-use crate::support::{connect, eventually, system_dmabuf_total, MIB};
+use crate::support::{connect, eventually, system_dmabuf_total, KIB, MIB};
 
 pub fn cases() -> Vec<Case> {
     vec![
@@ -29,11 +29,20 @@ pub fn cases() -> Vec<Case> {
             name: "killed_app_buffers_vanish_everywhere_and_system_dmabuf_memory_returns",
             run: killed_app_buffers_vanish_everywhere_and_system_dmabuf_memory_returns,
         },
+        Case {
+            name: "killed_app_buffers_leave_the_service_report_and_free_its_quota",
+            run: killed_app_buffers_leave_the_service_report_and_free_its_quota,
+        },
     ]
 }
 
 pub fn roles() -> Vec<(&'static str, app::Role)> {
-    vec![("hold", hold), ("send", send), ("recv", recv)]
+    vec![
+        ("hold", hold),
+        ("hold-briefly", hold_briefly),
+        ("send", send),
+        ("recv", recv),
+    ]
 }
 
 /// An app holding buffers until its stdin closes (or it is killed).
@@ -284,4 +293,86 @@ fn killed_app_buffers_vanish_everywhere_and_system_dmabuf_memory_returns() -> Ou
         "system dma-buf memory is {bytes_after} bytes after the kill, {bytes_before} before"
     );
     Ok(())
+}
+
+/// The service notices frees it did not see happen: once the holder is
+/// killed its buffers leave getMemoryReport and its uid's quota (4 buffers
+/// for uid 10003) is whole again, within a few scan intervals.
+fn killed_app_buffers_leave_the_service_report_and_free_its_quota() -> Outcome {
+    let alloc = connect()?;
+    // The quota case before this one held the whole quota too: retry until
+    // the service has noticed those buffers are gone.
+    let mut started = Err(String::new());
+    eventually(8000, || {
+        started = start_holder(APP_SMALL_QUOTA, "system", 4 * KIB, 4, 0);
+        started.is_ok()
+    });
+    let mut holder = started.map_err(|e| format!("holding uid {APP_SMALL_QUOTA}'s quota: {e}"))?;
+    let inodes = holder.inodes.clone();
+    let listed = |alloc: &dmabufd::client::Allocator| -> Result<Vec<u64>, String> {
+        let report = alloc
+            .memory_report()
+            .map_err(|e| format!("getMemoryReport: {e}"))?;
+        Ok(report
+            .buffers
+            .iter()
+            .map(|b| b.inode as u64)
+            .filter(|i| inodes.contains(i))
+            .collect())
+    };
+    let before = listed(&alloc)?;
+    ensure!(
+        before.len() == inodes.len(),
+        "the report lists {before:?} of the held {inodes:?}"
+    );
+    holder.child.kill().map_err(|e| format!("kill: {e}"))?;
+    holder.child.wait().map_err(|e| format!("wait: {e}"))?;
+    let mut still = Vec::new();
+    let gone = eventually(8000, || {
+        still = listed(&alloc).unwrap_or_else(|_| inodes.clone());
+        still.is_empty()
+    });
+    ensure!(gone, "the report still lists {still:?} after the kill");
+    small_quota_is_whole_again().map_err(|e| format!("after the kill: {e}"))
+}
+
+/// Waits until uid 10003 can hold its whole quota (4 buffers) at once.
+fn small_quota_is_whole_again() -> Outcome {
+    let mut last = String::new();
+    let whole = eventually(8000, || {
+        match app::run_as(APP_SMALL_QUOTA, "hold-briefly", &["4"]) {
+            Ok(out) if out == "ok" => true,
+            Ok(out) => {
+                last = out;
+                false
+            }
+            Err(e) => {
+                last = e;
+                false
+            }
+        }
+    });
+    ensure!(
+        whole,
+        "uid {APP_SMALL_QUOTA} cannot use its quota again: {last}"
+    );
+    Ok(())
+}
+
+/// `hold-briefly N`: allocates N 4 KiB buffers at once, then frees them.
+fn hold_briefly(args: &[&str]) -> RoleResult {
+    let n: usize = args
+        .first()
+        .and_then(|n| n.parse().ok())
+        .ok_or("hold-briefly N")?;
+    let alloc = connect()?;
+    let held = (0..n)
+        .map(|i| {
+            alloc
+                .allocate("system", 4 * KIB, "vts-refill")
+                .map_err(|e| format!("buffer {i}: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    ensure!(held.len() == n, "held {}", held.len());
+    Ok("ok".into())
 }
