@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::aidl::vendor::dmabuf::IDmaBufAllocator::BnDmaBufAllocator;
 use crate::allocator::Allocator;
 use crate::config::Config;
+use crate::monitor::Monitor;
 use crate::registry::Registry;
 use crate::service::DmaBufService;
 use crate::transport::{self, Transport};
@@ -25,6 +26,7 @@ pub struct Running {
     /// The service state, for in-process dumps (the demo).
     pub service: DmaBufService,
     _guard: rsbinder::ServerGuard,
+    _runtime: tokio::runtime::Runtime,
 }
 
 /// Opens the heaps, picks the transport and starts serving. Prints the
@@ -50,7 +52,24 @@ pub fn start_with(
     let (allocator, discovery) = Allocator::discover(config, registry);
     let allocator = Arc::new(allocator);
 
-    let service = DmaBufService::new(allocator.clone());
+    // Privileges go before any thread starts (capabilities are per thread)
+    // and before registering (the hub policy admits only the service uid).
+    if let Some(uid) = allocator.config().service.user {
+        let gid = allocator.config().service.group.unwrap_or(uid);
+        let dropped = crate::privileges::drop_privileges(uid, gid)
+            .map_err(|e| format!("cannot drop privileges to {uid}:{gid}: {e}"))?;
+        log::info!("{dropped}");
+    }
+    let monitor = Arc::new(Monitor::new(allocator.registry().clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("dmabufd-scan")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no runtime for the background scanner: {e}"))?;
+    let period = std::time::Duration::from_millis(allocator.config().service.scan_interval_ms);
+    runtime.spawn(monitor.clone().run(period));
+    let service = DmaBufService::new(allocator.clone(), monitor);
     let binder = BnDmaBufAllocator::new_binder(service.clone());
     let guard = match &transport {
         Transport::Kernel => transport::serve_kernel(binder.as_binder()),
@@ -75,6 +94,7 @@ pub fn start_with(
         allocator,
         service,
         _guard: guard,
+        _runtime: runtime,
     })
 }
 

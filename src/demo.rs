@@ -75,6 +75,10 @@ impl App {
 
     /// Closes its stdin (the signal to release everything) and waits.
     fn finish(mut self) -> Result<(), String> {
+        self.finish_ref()
+    }
+
+    fn finish_ref(&mut self) -> Result<(), String> {
         drop(self.child.stdin.take());
         let mut rest = String::new();
         while self.out.read_line(&mut rest).map_err(|e| e.to_string())? > 0 {
@@ -136,15 +140,24 @@ fn demo_in(dir: &Path) -> Result<(), String> {
     let careless = App::spawn("careless", 10004, &[&sock])?;
     careless.finish()?;
 
-    println!("== the service's dump (what `dmabufctl dump` / `rsb_service dump` show)");
-    let mut out = Vec::new();
-    running
-        .service
-        .render_dump(&mut out, &[])
-        .map_err(|e| e.to_string())?;
-    std::io::stdout()
-        .write_all(&out)
-        .map_err(|e| e.to_string())?;
+    println!("== the service's dump: who allocated (Owner) next to who holds (`dmabufctl dump`)");
+    print_dump(&running, &[])?;
+    println!("== buffers by process (`dmabufctl dump -a`)");
+    print_dump(&running, &["-a"])?;
+    let cam = camera.child.id() as i32;
+    println!(
+        "== the camera's own figures (getProcessMemory({cam}), `dmabufctl report --pid {cam}`)"
+    );
+    let m = client.process_memory(cam).map_err(|e| e.to_string())?;
+    println!(
+        "   {}:{} rss {} kB, pss {} kB (two frames shared with the viewer), hwm {} kB, {} buffers",
+        m.name,
+        m.pid,
+        m.rssBytes / 1024,
+        m.pssBytes / 1024,
+        m.hwmBytes / 1024,
+        m.buffers.len()
+    );
 
     println!("== apps exit; their buffers go with them");
     for app in [camera, viewer, launcher] {
@@ -152,6 +165,16 @@ fn demo_in(dir: &Path) -> Result<(), String> {
     }
     println!("== demo finished");
     Ok(())
+}
+
+fn print_dump(running: &daemon::Running, args: &[&str]) -> Result<(), String> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut out = Vec::new();
+    running
+        .service
+        .render_dump(&mut out, &args)
+        .map_err(|e| e.to_string())?;
+    std::io::stdout().write_all(&out).map_err(|e| e.to_string())
 }
 
 /// Entry point of a demo app process: `--demo-app ROLE SOCKET [PEER]`.
@@ -221,6 +244,12 @@ fn camera(sock: &Path, viewer: &Path) -> Result<(), String> {
 
 fn viewer(listen: &Path) -> Result<(), String> {
     let l = UnixListener::bind(listen).map_err(|e| e.to_string())?;
+    {
+        // The camera runs under another uid.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o666))
+            .map_err(|e| e.to_string())?;
+    }
     println!("{HOLDING}"); // listening: the camera may connect
     let _ = std::io::stdout().flush();
     let (s, _) = l.accept().map_err(|e| e.to_string())?;

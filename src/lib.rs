@@ -25,6 +25,7 @@ pub mod demo;
 pub mod error;
 pub mod heap;
 pub mod logging;
+pub mod monitor;
 pub mod privileges;
 pub mod procfs;
 pub mod registry;

@@ -188,7 +188,17 @@ fn scan_references(dir: &Path, style: Style) -> Result<Vec<BufferUse>, ScanError
     let mut found: BTreeMap<BufferKey, BufferUse> = BTreeMap::new();
 
     let fd_dir = dir.join("fd");
-    let entries = fs::read_dir(&fd_dir).map_err(|e| ScanError::new(&fd_dir, &e))?;
+    let entries = match fs::read_dir(&fd_dir) {
+        Ok(entries) => entries,
+        // Another uid's fd/ needs CAP_DAC_READ_SEARCH, which the service
+        // does not keep; its fdinfo/ is world-listable and each file needs
+        // only ptrace read access (CAP_SYS_PTRACE).
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            scan_fdinfo_only(dir, &mut found)?;
+            return add_maps(dir, found);
+        }
+        Err(e) => return Err(ScanError::new(&fd_dir, &e)),
+    };
     for entry in entries {
         let entry = entry.map_err(|e| ScanError::new(&fd_dir, &e))?;
         let Some(seen) = examine_fd(dir, &entry.file_name(), style)? else {
@@ -203,6 +213,14 @@ fn scan_references(dir: &Path, style: Style) -> Result<Vec<BufferUse>, ScanError
         u.name = seen.name;
     }
 
+    add_maps(dir, found)
+}
+
+/// Adds the process's buffer mappings to `found`.
+fn add_maps(
+    dir: &Path,
+    mut found: BTreeMap<BufferKey, BufferUse>,
+) -> Result<Vec<BufferUse>, ScanError> {
     let maps_path = dir.join("maps");
     let maps = fs::read(&maps_path).map_err(|e| ScanError::new(&maps_path, &e))?;
     for line in String::from_utf8_lossy(&maps).lines() {
@@ -217,6 +235,62 @@ fn scan_references(dir: &Path, style: Style) -> Result<Vec<BufferUse>, ScanError
         }
     }
     Ok(found.into_values().collect())
+}
+
+/// Finds buffers from `fdinfo/` alone: a dma-buf shows `exp_name:`; a
+/// memfd is recognised by the mount id every memfd shares (learnt from a
+/// memfd of our own). Names of memfds come from maps or the registry.
+fn scan_fdinfo_only(
+    dir: &Path,
+    found: &mut BTreeMap<BufferKey, BufferUse>,
+) -> Result<(), ScanError> {
+    let info_dir = dir.join("fdinfo");
+    let entries = fs::read_dir(&info_dir).map_err(|e| ScanError::new(&info_dir, &e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| ScanError::new(&info_dir, &e))?;
+        let path = entry.path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ScanError::new(&path, &e)),
+        };
+        let info = parse_fdinfo(&text);
+        let Some(inode) = info.inode else { continue };
+        let kind = if info.exporter.is_some() {
+            BufferKind::DmaBuf
+        } else if info.mnt_id.is_some() && info.mnt_id == memfd_mount_id() {
+            BufferKind::Memfd
+        } else {
+            continue;
+        };
+        let key = BufferKey { kind, inode };
+        let u = found.entry(key).or_insert_with(|| empty_use(key));
+        u.fd_refs += 1;
+        if info.size.is_some() {
+            u.size = info.size;
+        }
+        if info.exporter.is_some() {
+            u.exporter = info.exporter;
+        }
+        if let Some(n) = info.name {
+            u.name = n;
+        }
+    }
+    Ok(())
+}
+
+/// The mount id fdinfo shows for memfds (all live on the kernel's internal
+/// shmem mount), probed once with a memfd of our own.
+fn memfd_mount_id() -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    static ID: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let fd =
+            nix::sys::memfd::memfd_create(c"dmabufd-probe", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .ok()?;
+        let text = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+        parse_fdinfo(&text).mnt_id
+    })
 }
 
 /// What one fd is. `Ok(None)`: not a buffer, or closed meanwhile.
@@ -326,6 +400,7 @@ pub fn classify_link(link: &str) -> Option<(BufferKind, String)> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FdInfo {
     pub inode: Option<u64>,
+    pub mnt_id: Option<u64>,
     pub size: Option<u64>,
     /// The file's reference count (`count:`).
     pub count: Option<u64>,
@@ -343,6 +418,7 @@ pub fn parse_fdinfo(text: &str) -> FdInfo {
         let value = value.trim_start_matches(['\t', ' ']);
         match key {
             "ino" => info.inode = value.trim().parse().ok(),
+            "mnt_id" => info.mnt_id = value.trim().parse().ok(),
             "size" => info.size = value.trim().parse().ok(),
             "count" => info.count = value.trim().parse().ok(),
             "exp_name" => info.exporter = Some(value.to_string()),
@@ -566,12 +642,31 @@ mod tests {
             i,
             FdInfo {
                 inode: Some(1),
+                mnt_id: Some(13),
                 size: Some(1048576),
                 count: Some(1),
                 exporter: Some("system".into()),
                 name: Some("camera-preview".into()),
             }
         );
+    }
+
+    #[test]
+    fn memfds_share_one_mount_id_that_regular_files_do_not_have() {
+        use std::os::fd::AsRawFd;
+        let probe = memfd_mount_id();
+        assert!(probe.is_some());
+        let m = nix::sys::memfd::memfd_create(c"other", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .unwrap();
+        let info = parse_fdinfo(
+            &fs::read_to_string(format!("/proc/self/fdinfo/{}", m.as_raw_fd())).unwrap(),
+        );
+        assert_eq!(info.mnt_id, probe);
+        let f = fs::File::open("/proc/self/status").unwrap();
+        let info = parse_fdinfo(
+            &fs::read_to_string(format!("/proc/self/fdinfo/{}", f.as_raw_fd())).unwrap(),
+        );
+        assert_ne!(info.mnt_id, probe);
     }
 
     #[test]

@@ -15,16 +15,19 @@ use crate::aidl::vendor::dmabuf::{
 use crate::allocator::{Allocator, Caller, Request};
 use crate::error::{into_status, Error, Kind, Result};
 use crate::heap::HeapKind;
+use crate::monitor::Monitor;
+use crate::report;
 
 /// Cheap to clone: clones share the same allocator and accounting.
 #[derive(Clone)]
 pub struct DmaBufService {
     allocator: Arc<Allocator>,
+    monitor: Arc<Monitor>,
 }
 
 impl DmaBufService {
-    pub fn new(allocator: Arc<Allocator>) -> DmaBufService {
-        DmaBufService { allocator }
+    pub fn new(allocator: Arc<Allocator>, monitor: Arc<Monitor>) -> DmaBufService {
+        DmaBufService { allocator, monitor }
     }
 
     fn heaps(&self) -> Result<Vec<HeapInfo>> {
@@ -53,6 +56,7 @@ impl DmaBufService {
                 flags: r.flags,
             },
         )?;
+        self.monitor.note_allocation();
         log::debug!(
             "allocated {} bytes from {} as {:?} (ino {}) for uid {} pid {}",
             a.size,
@@ -88,45 +92,48 @@ impl DmaBufService {
         ))
     }
 
-    fn process_memory(&self, _caller: Caller, _pid: i32) -> Result<ProcessMemory> {
-        Err(Error::new(
-            Kind::Unsupported,
-            "getProcessMemory is not implemented yet",
-        ))
-    }
-
-    fn memory_report(&self, _caller: Caller) -> Result<MemoryReport> {
-        Err(Error::new(
-            Kind::Unsupported,
-            "getMemoryReport is not implemented yet",
-        ))
-    }
-
-    fn reset_hwm(&self, _caller: Caller, _pid: i32) -> Result<()> {
-        Err(Error::new(
-            Kind::Unsupported,
-            "resetHighWaterMark is not implemented yet",
-        ))
-    }
-
-    pub fn render_dump(&self, w: &mut dyn Write, _args: &[String]) -> std::io::Result<()> {
-        writeln!(w, "dmabufd heaps:")?;
-        for h in self.allocator.heaps() {
-            writeln!(
-                w,
-                "  {:<16} {:<8} max {:>12} allocated {:>12} buffers {:>6}",
-                h.name, h.kind, h.max_size, h.allocated_bytes, h.buffer_count
-            )?;
+    fn process_memory(&self, c: Caller, pid: i32) -> Result<ProcessMemory> {
+        if pid <= 0 {
+            return Err(Error::new(
+                Kind::IllegalArgument,
+                format!("pid {pid} is not a process id; pass a pid > 0"),
+            ));
         }
-        writeln!(w, "buffers:")?;
-        for r in self.allocator.registry().snapshot() {
-            writeln!(
-                w,
-                "  ino {:<8} {:>10} {:<12} {:<32} owner uid {} pid {} ({})",
-                r.inode, r.size, r.heap, r.name, r.owner_uid, r.owner_pid, r.owner_name
-            )?;
+        if pid != c.pid {
+            self.require_privileged(c, &format!("getProcessMemory({pid})"))?;
         }
+        let no_such = || Error::new(Kind::NoSuchProcess, format!("no process with pid {pid}"));
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(no_such());
+        }
+        let acc = self.monitor.refresh();
+        acc.process(pid)
+            .map(report::aidl_process)
+            .ok_or_else(no_such)
+    }
+
+    fn memory_report(&self, c: Caller) -> Result<MemoryReport> {
+        self.require_privileged(c, "getMemoryReport")?;
+        Ok(report::aidl_report(&self.monitor.refresh()))
+    }
+
+    fn reset_hwm(&self, c: Caller, pid: i32) -> Result<()> {
+        if pid < 0 {
+            return Err(Error::new(
+                Kind::IllegalArgument,
+                format!("pid {pid}: pass a pid > 0, or 0 for every process"),
+            ));
+        }
+        if pid != c.pid {
+            self.require_privileged(c, &format!("resetHighWaterMark({pid})"))?;
+        }
+        self.monitor.reset_hwm(pid);
         Ok(())
+    }
+
+    /// The dump in the shape of Android's dmabuf_dump (see `dump -h`).
+    pub fn render_dump(&self, w: &mut dyn Write, args: &[String]) -> std::io::Result<()> {
+        w.write_all(&report::dump_output(args, || self.monitor.refresh()))
     }
 }
 

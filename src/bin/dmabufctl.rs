@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use dmabufd::aidl::vendor::dmabuf::{MemoryReport::MemoryReport, ProcessMemory::ProcessMemory};
 use dmabufd::client::{heap_kind_name, Allocator};
 use dmabufd::config::parse_size;
 
@@ -139,6 +140,106 @@ fn dump(a: &Allocator, args: &[String]) -> Result<(), String> {
 }
 
 fn report(a: &Allocator, args: &[String]) -> Result<(), String> {
-    let _ = (a, args);
-    Err("report: not implemented yet".into())
+    let mut pid = None;
+    let mut json = false;
+    let mut it = args.iter();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--json" => json = true,
+            "--pid" => {
+                let v = it.next().ok_or("--pid needs a process id")?;
+                pid = Some(
+                    v.parse::<i32>()
+                        .map_err(|_| format!("--pid {v:?}: expected a process id"))?,
+                );
+            }
+            other => {
+                return Err(format!(
+                    "report: unknown argument {other:?}; accepted: --pid N, --json"
+                ))
+            }
+        }
+    }
+    let err = |e: dmabufd::client::Error| e.to_string();
+    match (pid, json) {
+        (Some(p), true) => print_json(&process_json(&a.process_memory(p).map_err(err)?)),
+        (None, true) => print_json(&report_json(&a.memory_report().map_err(err)?)),
+        (Some(p), false) => {
+            let m = a.process_memory(p).map_err(err)?;
+            print_process(&m);
+            Ok(())
+        }
+        (None, false) => dump(a, &[]),
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn print_process(m: &ProcessMemory) {
+    println!(
+        "{}:{} uid {}  rss {} kB  pss {} kB  hwm {} kB",
+        m.name,
+        m.pid,
+        m.uid,
+        m.rssBytes / 1024,
+        m.pssBytes / 1024,
+        m.hwmBytes / 1024
+    );
+    if !m.readable {
+        println!("  unreadable: {}", m.error);
+    }
+    for b in &m.buffers {
+        let owner = if b.ownerUid < 0 {
+            "unknown".to_string()
+        } else {
+            format!("uid {} pid {}", b.ownerUid, b.ownerPid)
+        };
+        println!(
+            "  ino {:<8} {:>10} kB  {:<12} {:<32} fds {} maps {} procs {}  owner {owner}",
+            b.inode,
+            b.size / 1024,
+            b.exporter,
+            b.name,
+            b.fdRefs,
+            b.mapRefs,
+            b.sharedWith
+        );
+    }
+}
+
+fn process_json(m: &ProcessMemory) -> serde_json::Value {
+    serde_json::json!({
+        "pid": m.pid, "uid": m.uid, "name": m.name,
+        "rss_bytes": m.rssBytes, "pss_bytes": m.pssBytes, "hwm_bytes": m.hwmBytes,
+        "readable": m.readable, "error": m.error,
+        "buffers": m.buffers.iter().map(|b| serde_json::json!({
+            "inode": b.inode, "size": b.size, "exporter": b.exporter, "name": b.name,
+            "owner_uid": b.ownerUid, "owner_pid": b.ownerPid,
+            "fd_refs": b.fdRefs, "map_refs": b.mapRefs, "shared_with": b.sharedWith,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn report_json(r: &MemoryReport) -> serde_json::Value {
+    serde_json::json!({
+        "timestamp_ms": r.timestampMs,
+        "processes": r.processes.iter().map(process_json).collect::<Vec<_>>(),
+        "buffers": r.buffers.iter().map(|b| serde_json::json!({
+            "inode": b.inode, "size": b.size, "exporter": b.exporter, "name": b.name,
+            "owner_uid": b.ownerUid, "owner_pid": b.ownerPid, "owner_name": b.ownerName,
+            "allocated_at_ms": b.allocatedAtMs,
+            "holders": b.holders.iter().map(|h| serde_json::json!({
+                "pid": h.pid, "uid": h.uid, "name": h.name, "fd_refs": h.fdRefs, "map_refs": h.mapRefs,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "heap_totals": r.heapTotals.iter().map(|t| serde_json::json!({"exporter": t.exporter, "count": t.count, "bytes": t.bytes})).collect::<Vec<_>>(),
+        "owner_totals": r.ownerTotals.iter().map(|t| serde_json::json!({"uid": t.uid, "count": t.count, "bytes": t.bytes})).collect::<Vec<_>>(),
+        "total_count": r.totalCount, "total_bytes": r.totalBytes, "unreferenced_bytes": r.unreferencedBytes,
+    })
 }

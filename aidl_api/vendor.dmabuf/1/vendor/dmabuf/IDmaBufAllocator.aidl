@@ -55,4 +55,11 @@ interface IDmaBufAllocator {
 
     /** Resets the high-water mark of pid (0 = every process). Privileged. */
     void resetHighWaterMark(int pid);
+
+    /**
+     * The bytes dump(fd, args) would write (text, or protobuf with --proto),
+     * for transports where the dump transaction cannot carry an fd
+     * (RPC binder). Privileged, like dump.
+     */
+    byte[] renderDump(in @utf8InCpp String[] args);
 }
