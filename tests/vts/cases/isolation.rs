@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use crate::app::{self, RoleResult, APP_A, APP_B};
+use crate::cases::lifecycle::start_holder;
 use crate::ensure;
 use crate::harness::{Case, Outcome};
 use crate::proc_scan;
@@ -134,23 +135,32 @@ fn service_runs_as_its_own_uid_with_only_ptrace_read_capabilities() -> Outcome {
     Ok(())
 }
 
+/// `rsb_service dump` reaches the live service (a buffer an app holds right
+/// now shows up with its inode) and passes arguments through (`--pid`).
 fn rsb_service_dump_prints_the_service_dump() -> Outcome {
-    let out = Command::new("rsb_service")
-        .args(["dump", dmabufd::SERVICE_NAME])
-        .output()
-        .map_err(|e| format!("running rsb_service: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "rsb_service dump exited {}: {stdout} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The dump lists the heaps the service serves.
-    ensure!(
-        stdout.contains("system") && stdout.contains("udmabuf"),
-        "rsb_service dump does not list the heaps: {stdout:?}"
-    );
+    let holder = start_holder(APP_A, "system", 64 * KIB, 1, 0)?;
+    let inode = holder.inodes[0].to_string();
+    let pid = holder.child.id().to_string();
+    for args in [vec![], vec!["--pid", pid.as_str()]] {
+        let out = Command::new("rsb_service")
+            .args(["dump", dmabufd::SERVICE_NAME])
+            .args(&args)
+            .output()
+            .map_err(|e| format!("running rsb_service: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "rsb_service dump {args:?} exited {}: {stdout} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            stdout
+                .split(|c: char| !c.is_ascii_digit())
+                .any(|w| w == inode),
+            "rsb_service dump {args:?} does not show the held buffer (inode {inode}): {stdout:?}"
+        );
+    }
     Ok(())
 }
 

@@ -46,13 +46,13 @@ pub fn roles() -> Vec<(&'static str, app::Role)> {
 }
 
 /// An app holding buffers until its stdin closes (or it is killed).
-struct Holder {
-    child: Child,
-    inodes: Vec<u64>,
+pub struct Holder {
+    pub child: Child,
+    pub inodes: Vec<u64>,
 }
 
 /// Starts `hold HEAP SIZE COUNT MAPPED` as `uid` and reads the inodes it holds.
-fn start_holder(
+pub fn start_holder(
     uid: u32,
     heap: &str,
     size: u64,

@@ -7,7 +7,7 @@ use crate::harness::Case;
 mod alloc;
 mod errors;
 mod isolation;
-mod lifecycle;
+pub mod lifecycle;
 mod stress;
 
 /// Every case, in the order they run: isolation first (cheap, and the rest
