@@ -90,7 +90,10 @@ case "$mode" in
         setsid cttyhack sh
         ;;
     bench)
-        # A second instance serving RPC binder, for the RPC column.
+        # A second instance serving RPC binder, for the RPC column. It is
+        # uid 1100 by the time it creates its socket.
+        mkdir -p /run/dmabufd-bench
+        chown 1100:1100 /run/dmabufd-bench
         RUST_LOG=warn dmabufd --rpc /run/dmabufd-bench/rpc.sock --config /etc/dmabufd.toml \
             >/run/dmabufd-rpc.log 2>&1 &
         tries=100
