@@ -1,0 +1,174 @@
+//! `vts --bench` (tests/vm/run.sh --bench): allocation latency of the direct
+//! DMA_HEAP_IOCTL_ALLOC + DMA_BUF_SET_NAME_B path a libdmabufheap user
+//! takes, against the same allocation through dmabufd over kernel binder and
+//! over RPC binder, plus allocations per second with 8 concurrent apps.
+//! Under TCG only ratios taken within one run mean anything.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::Instant;
+
+use dmabufd::client::Allocator;
+
+use crate::app::{self, RoleResult, APP_A, APP_B};
+use crate::support::{KIB, MIB};
+
+/// Where /init starts the second, RPC-only dmabufd for the benchmark.
+const RPC_SOCKET: &str = "/run/dmabufd-bench/rpc.sock";
+const SIZES: [(u64, &str, usize); 3] = [
+    (4 * KIB, "4 KiB", 400),
+    (MIB, "1 MiB", 200),
+    (32 * MIB, "32 MiB", 40),
+];
+const APPS: usize = 8;
+const ALLOCS_PER_APP: usize = 250;
+
+pub fn roles() -> Vec<(&'static str, app::Role)> {
+    vec![("bench-loop", bench_loop)]
+}
+
+pub fn main(_args: &[String]) -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("BENCH FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Microsecond samples of one path at one size.
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn percentile(&self, p: f64) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        let idx = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+        v[idx]
+    }
+}
+
+fn timed<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<f64, String> {
+    let start = Instant::now();
+    let out = f().map_err(|e| e.to_string())?;
+    let us = start.elapsed().as_secs_f64() * 1e6;
+    drop(out);
+    Ok(us)
+}
+
+fn run() -> Result<(), String> {
+    let heap = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/dma_heap/system")
+        .map_err(|e| format!("/dev/dma_heap/system: {e} (the benchmark runs as root in the VM)"))?;
+    let kernel = Allocator::connect_kernel().map_err(|e| e.to_string())?;
+    let rpc = Allocator::connect_rpc(Path::new(RPC_SOCKET)).map_err(|e| e.to_string())?;
+    println!("allocation latency in microseconds (alloc + name, buffer freed after each; paths interleaved)");
+    println!(
+        "{:<8} {:<14} {:>7} {:>10} {:>10} {:>11} {:>11}",
+        "size", "path", "samples", "p50", "p99", "p50/direct", "p99/direct"
+    );
+    for (size, label, n) in SIZES {
+        let (mut direct, mut binder, mut over_rpc) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            direct.push(timed(|| {
+                let fd = dmabufd::sys::dma_heap_alloc(std::os::fd::AsFd::as_fd(&heap), size)?;
+                dmabufd::sys::dma_buf_set_name(std::os::fd::AsFd::as_fd(&fd), "bench")?;
+                Ok::<_, std::io::Error>(fd)
+            })?);
+            binder.push(timed(|| kernel.allocate("system", size, "bench"))?);
+            over_rpc.push(timed(|| rpc.allocate("system", size, "bench"))?);
+            // Warm-up: the first rounds pay for page-pool and thread start-up.
+            if i == 2 {
+                direct.clear();
+                binder.clear();
+                over_rpc.clear();
+            }
+        }
+        let direct = Samples(direct);
+        let (d50, d99) = (direct.percentile(0.5), direct.percentile(0.99));
+        for (path, s) in [
+            ("direct ioctl", &direct),
+            ("kernel binder", &Samples(binder)),
+            ("rpc binder", &Samples(over_rpc)),
+        ] {
+            let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
+            println!(
+                "{label:<8} {path:<14} {:>7} {p50:>10.1} {p99:>10.1} {:>11.2} {:>11.2}",
+                s.0.len(),
+                p50 / d50,
+                p99 / d99
+            );
+        }
+    }
+    throughput()
+}
+
+/// 8 app processes (uids 10001/10002), each allocating and freeing 4 KiB
+/// buffers over kernel binder, all released at once.
+fn throughput() -> Result<(), String> {
+    let mut apps = Vec::new();
+    for i in 0..APPS {
+        let uid = if i % 2 == 0 { APP_A } else { APP_B };
+        let mut child = app::command_as(uid, "bench-loop", &[&ALLOCS_PER_APP.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning app {i}: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().ok_or("no stdout")?)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "app {i} not ready: {line:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        apps.push((uid, child));
+    }
+    let start = Instant::now();
+    for (_, child) in &mut apps {
+        // Closing stdin is the start signal.
+        drop(child.stdin.take());
+    }
+    for (uid, child) in apps {
+        let out = app::finish(child, uid, "bench-loop")?;
+        if out != "done" {
+            return Err(format!("bench app printed {out:?}"));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = APPS * ALLOCS_PER_APP;
+    println!(
+        "throughput: {APPS} apps x {ALLOCS_PER_APP} allocate+free of 4 KiB over kernel binder: \
+         {:.0} allocations/s ({total} in {secs:.2} s)",
+        total as f64 / secs
+    );
+    Ok(())
+}
+
+/// `bench-loop COUNT`: connects, prints `ready`, waits for stdin to close,
+/// then allocates and frees COUNT 4 KiB buffers.
+fn bench_loop(args: &[&str]) -> RoleResult {
+    let count: usize = args
+        .first()
+        .and_then(|c| c.parse().ok())
+        .ok_or("bench-loop COUNT")?;
+    let alloc = Allocator::connect_kernel().map_err(|e| e.to_string())?;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    for i in 0..count {
+        alloc
+            .allocate("system", 4 * KIB, "bench")
+            .map_err(|e| format!("allocation {i}: {e}"))?;
+    }
+    Ok("done".into())
+}

@@ -1,0 +1,38 @@
+//! The cases, by topic. Each function proves one thing and is named after
+//! it; app roles are the parts of cases that run inside app processes.
+
+use crate::app::Role;
+use crate::harness::Case;
+
+mod alloc;
+mod errors;
+mod isolation;
+pub mod lifecycle;
+mod stress;
+
+/// Every case, in the order they run: isolation first (cheap, and the rest
+/// depends on it), the error coverage check after the error cases.
+pub fn all() -> Vec<Case> {
+    let mut cases = Vec::new();
+    cases.extend(isolation::cases());
+    cases.extend(alloc::cases());
+    cases.extend(errors::cases());
+    cases.extend(lifecycle::cases());
+    cases.extend(stress::cases());
+    cases
+}
+
+/// The app role called `name` (for `vts --app NAME ...`).
+pub fn app_role(name: &str) -> Option<Role> {
+    [
+        isolation::roles(),
+        alloc::roles(),
+        errors::roles(),
+        lifecycle::roles(),
+        stress::roles(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|(n, _)| *n == name)
+    .map(|(_, role)| role)
+}
