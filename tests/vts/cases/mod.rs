@@ -8,6 +8,7 @@ mod alloc;
 mod errors;
 mod isolation;
 pub mod lifecycle;
+mod reports;
 mod stress;
 
 /// Every case, in the order they run: isolation first (cheap, and the rest
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(alloc::cases());
     cases.extend(errors::cases());
     cases.extend(lifecycle::cases());
+    cases.extend(reports::cases());
     cases.extend(stress::cases());
     cases
 }
@@ -29,6 +31,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         alloc::roles(),
         errors::roles(),
         lifecycle::roles(),
+        reports::roles(),
         stress::roles(),
     ]
     .into_iter()
