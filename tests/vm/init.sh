@@ -103,9 +103,12 @@ case "$mode" in
         done
         [ -S /run/dmabufd-bench/rpc.sock ] || die "the RPC dmabufd did not start: $(cat /run/dmabufd-rpc.log)"
         echo "BENCH BEGIN"
-        DMABUFD_VTS=1 vts --bench 2>&1
-        oom_check
-        echo "BENCH DONE"
+        # run.sh treats the run as good only when it sees BENCH DONE.
+        if DMABUFD_VTS=1 vts --bench 2>&1 && oom_check; then
+            echo "BENCH DONE"
+        else
+            echo "BENCH FAILED"
+        fi
         ;;
     *)
         say "suite begins"

@@ -7,6 +7,7 @@
 #   tests/vm/run.sh --bench   run the benchmark instead (vts --bench)
 #   tests/vm/run.sh --shell   interactive busybox shell with rsb_hub and dmabufd up
 #   --keep                    keep the initramfs tree, image and console log
+#   --stand-in                (harness bring-up) serve with vts's refusing stand-in, not dmabufd
 #
 # Environment: CARGO_TARGET_DIR (the cache lives in <target>/vm-cache),
 # DMABUFD_VM_TIMEOUT (seconds, default 900), DMABUFD_VM_MEM (MiB, default 1024).
@@ -23,7 +24,7 @@ for arg in "$@"; do
         # Harness bring-up: serve with the suite's minimal stand-in instead of dmabufd.
         --stand-in) service=stand-in ;;
         -h | --help)
-            sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
             exit 0
             ;;
         *)
