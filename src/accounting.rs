@@ -33,8 +33,10 @@ use crate::registry::BufferRecord;
 
 /// A registry record younger than this is never declared gone: between the
 /// allocation reply leaving the service and the client receiving the fd, no
-/// process holds the buffer.
-pub const FREED_GRACE: Duration = Duration::from_secs(5);
+/// process holds the buffer (the fd is in the binder buffer or the socket).
+/// That window is milliseconds; a second leaves room for a loaded machine
+/// while letting quota reclaim see freed buffers soon.
+pub const FREED_GRACE: Duration = Duration::from_secs(1);
 
 /// Exporter shown for a buffer seen only through mappings (maps do not name
 /// the exporter) and not allocated by the service.
@@ -900,7 +902,7 @@ mod tests {
     #[test]
     fn gone_rule_spares_young_buffers_and_unreadable_owners() {
         let mut young = record(1, MB, 1, 10);
-        young.allocated_at = later() - Duration::from_secs(1);
+        young.allocated_at = later() - FREED_GRACE / 2;
         let hidden = record(2, 2 * MB, 2, 20); // owner pid 20 unreadable
         let dead_owner = record(3, 4 * MB, 3, 30); // owner gone, nobody holds it
         let a = figures(

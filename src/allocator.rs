@@ -67,10 +67,21 @@ pub struct Discovery {
     pub notes: Vec<String>,
 }
 
+/// Drops the records of buffers that are gone (a full scan): run before
+/// refusing an allocation for quota, since freed buffers count until a scan
+/// notices them.
+pub type Reclaim = Box<dyn Fn() + Send + Sync>;
+
+/// Quota reclaim scans at most this often, so a client hammering its limit
+/// cannot turn every refused request into a full scan.
+pub const RECLAIM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub struct Allocator {
     heaps: Vec<Box<dyn Heap>>,
     config: Config,
     registry: Arc<Registry>,
+    reclaim: std::sync::OnceLock<Reclaim>,
+    last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Allocator {
@@ -79,7 +90,56 @@ impl Allocator {
             heaps,
             config,
             registry,
+            reclaim: std::sync::OnceLock::new(),
+            last_reclaim: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Installs the quota reclaim hook (once; later calls are ignored).
+    pub fn set_reclaim(&self, reclaim: Reclaim) {
+        let _ = self.reclaim.set(reclaim);
+    }
+
+    /// Runs the reclaim hook unless one ran within [`RECLAIM_INTERVAL`].
+    /// Returns whether it ran.
+    fn reclaim(&self) -> bool {
+        let Some(f) = self.reclaim.get() else {
+            return false;
+        };
+        {
+            let mut last = self.last_reclaim.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < RECLAIM_INTERVAL) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        f();
+        true
+    }
+
+    fn reserve(&self, caller: Caller, size: u64) -> Result<crate::registry::Reservation> {
+        let quota = self.config.quota_for(caller.uid);
+        let limit = Usage {
+            bytes: quota.bytes,
+            count: quota.buffers,
+        };
+        let mut attempt = self.registry.reserve(caller.uid, size, limit);
+        // Usage counts records until a scan sees their buffers freed: look
+        // before refusing.
+        if attempt.is_err() && self.reclaim() {
+            attempt = self.registry.reserve(caller.uid, size, limit);
+        }
+        attempt.map_err(|used| {
+            Error::new(
+                Kind::QuotaExceeded,
+                format!(
+                    "uid {} quota exceeded: {} bytes in {} buffers live, limit {} bytes / {} buffers; \
+                     this request needs {size} more bytes",
+                    caller.uid, used.bytes, used.count, quota.bytes, quota.buffers
+                ),
+            )
+        })
     }
 
     /// Opens the heaps the machine has: every /dev/dma_heap device, udmabuf
@@ -217,21 +277,7 @@ impl Allocator {
         let max = self.config.max_size(heap.name());
         let size = checked_size(req.size, max, heap.name())?;
         check_memory(size)?;
-        let quota = self.config.quota_for(caller.uid);
-        let limit = Usage {
-            bytes: quota.bytes,
-            count: quota.buffers,
-        };
-        let reservation = self.registry.reserve(caller.uid, size, limit).map_err(|used| {
-            Error::new(
-                Kind::QuotaExceeded,
-                format!(
-                    "uid {} quota exceeded: {} bytes in {} buffers live, limit {} bytes / {} buffers; \
-                     this request needs {size} more bytes",
-                    caller.uid, used.bytes, used.count, quota.bytes, quota.buffers
-                ),
-            )
-        })?;
+        let reservation = self.reserve(caller, size)?;
         let fd = match heap.allocate(size, name) {
             Ok(fd) => fd,
             Err(e) => {
@@ -467,6 +513,30 @@ mod tests {
         assert!(a
             .allocate(Caller { uid: 10002, pid: 1 }, &req("system", 1, "", 0))
             .is_ok());
+    }
+
+    #[test]
+    fn quota_refusal_first_reclaims_freed_buffers_at_most_every_interval() {
+        let a = Arc::new(alloc_with(
+            Config::parse("[quota]\ndefault_buffers = 1").unwrap(),
+        ));
+        let first = a.allocate(ME, &req("system", 1, "", 0)).unwrap();
+        let inode = first.inode;
+        drop(first); // freed, but its record stays until a scan notices
+        let reg = a.registry().clone();
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let r = runs.clone();
+        a.set_reclaim(Box::new(move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            reg.remove_freed(|rec| rec.inode == inode);
+        }));
+        let second = a.allocate(ME, &req("system", 1, "", 0)).expect("reclaimed");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Held, so a refusal now; the reclaim does not run again so soon.
+        let e = a.allocate(ME, &req("system", 1, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::QuotaExceeded);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(second);
     }
 
     #[test]

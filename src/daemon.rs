@@ -61,6 +61,10 @@ pub fn start_with(
         log::info!("{dropped}");
     }
     let monitor = Arc::new(Monitor::new(allocator.registry().clone()));
+    let reclaim = monitor.clone();
+    allocator.set_reclaim(Box::new(move || {
+        reclaim.refresh();
+    }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("dmabufd-scan")

@@ -296,8 +296,34 @@ fn owner_uid_is_the_calling_process_uid() {
         .lines()
         .find(|l| l.contains("app-10001"))
         .unwrap_or_else(|| panic!("{dump}"));
-    assert!(row.contains("uid 10001"), "{row}");
-    assert!(row.contains(&format!("pid {}", app.id())), "{row}");
+    // Owner column: uid/comm:pid of the allocating process.
+    assert!(
+        row.contains(&format!("10001/dmabufctl:{}", app.id())),
+        "{row}"
+    );
     app.kill().unwrap();
     app.wait().unwrap();
+}
+
+#[test]
+fn freed_buffers_stop_counting_against_the_quota() {
+    let svc = Service::start("[quota]\ndefault_buffers = 4\n");
+    let a = svc.connect();
+    let first: Vec<_> = (0..4)
+        .map(|i| a.allocate("system", 4096, &format!("a{i}")).unwrap())
+        .collect();
+    let e = a.allocate("system", 4096, "over").unwrap_err();
+    assert_eq!(e.error_code(), Some(ErrorCode::QUOTA_EXCEEDED), "{e}");
+    drop(first);
+    // Past the in-flight grace, a refusal first looks for freed buffers.
+    std::thread::sleep(dmabufd::accounting::FREED_GRACE + std::time::Duration::from_millis(300));
+    let again: Vec<_> = (0..4)
+        .map(|i| a.allocate("system", 4096, &format!("b{i}")).unwrap())
+        .collect();
+    assert_eq!(again.len(), 4);
+    assert_eq!(
+        a.heaps().unwrap()[0].bufferCount,
+        4,
+        "the freed four were dropped from the registry"
+    );
 }
