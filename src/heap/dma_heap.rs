@@ -23,9 +23,10 @@ impl DmaHeap {
             .and_then(|n| n.to_str())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "heap path has no name"))?
             .to_string();
+        // Read-only is enough for DMA_HEAP_IOCTL_ALLOC, and all Android's
+        // 0444 heap nodes allow.
         let f = OpenOptions::new()
             .read(true)
-            .write(true)
             .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
             .open(path)?;
         Ok(DmaHeap {
