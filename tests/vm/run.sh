@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boots a stock Debian kernel (binder driver, DMA-BUF system heap, udmabuf)
 # under QEMU and runs the VTS-like suite (tests/vts) against the real
-# dmabufd service on kernel binder. See tests/vm/README.md.
+# dmabufd service on kernel binder. See "The real-kernel suite" in README.md.
 #
 #   tests/vm/run.sh           run the suite; exit 0 only on "N passed, 0 failed"
 #   tests/vm/run.sh --bench   run the benchmark instead (vts --bench)
