@@ -30,13 +30,6 @@ pub fn service_pid() -> Result<i32, String> {
     Err("no dmabufd process found".into())
 }
 
-/// Number of open fds of `pid`.
-pub fn fd_count(pid: i32) -> Result<usize, String> {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .map_err(|e| format!("/proc/{pid}/fd: {e}"))
-}
-
 /// A `key:` field of /proc/<pid>/status, in its own unit (kB for sizes).
 pub fn status_field(pid: i32, key: &str) -> Result<u64, String> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
