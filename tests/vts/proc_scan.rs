@@ -30,22 +30,6 @@ pub fn service_pid() -> Result<i32, String> {
     Err("no dmabufd process found".into())
 }
 
-/// Number of open fds of `pid`, leaving out its procfs fds: the service's
-/// background scanner opens /proc/<pid>/... files for a few milliseconds
-/// at a time, which is not a leak (and would make the count flicker).
-pub fn fd_count(pid: i32) -> Result<usize, String> {
-    let dir =
-        fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| format!("/proc/{pid}/fd: {e}"))?;
-    Ok(dir
-        .flatten()
-        .filter(|e| {
-            fs::read_link(e.path())
-                .map(|l| !l.starts_with("/proc/"))
-                .unwrap_or(false)
-        })
-        .count())
-}
-
 /// A `key:` field of /proc/<pid>/status, in its own unit (kB for sizes).
 pub fn status_field(pid: i32, key: &str) -> Result<u64, String> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;

@@ -44,17 +44,48 @@ const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
 /// allocation.
 const RSS_SLACK_KB: u64 = 2048;
 
-/// The service's (fd count, VmRSS kB) once its fd count has settled.
-fn service_footprint(pid: i32) -> Result<(usize, u64), String> {
-    let mut last = proc_scan::fd_count(pid)?;
-    // Binder replies close their fd copies asynchronously; let them land.
-    eventually(1000, || {
-        let now = proc_scan::fd_count(pid).unwrap_or(usize::MAX);
-        let settled = now == last;
-        last = now;
-        settled
+/// The service's open fds (what each points at) and VmRSS in kB.
+struct Footprint {
+    fds: Vec<String>,
+    rss_kb: u64,
+}
+
+fn service_footprint(pid: i32) -> Result<Footprint, String> {
+    let mut fds: Vec<String> = proc_scan::fd_targets(pid)?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    fds.sort();
+    Ok(Footprint {
+        fds,
+        rss_kb: proc_scan::status_field(pid, "VmRSS")?,
+    })
+}
+
+/// The service's fds are back to at most `before` within a few seconds; a
+/// /proc scan in flight holds a directory fd for a moment, a leak stays.
+fn fds_return_to(pid: i32, before: &Footprint) -> Result<Footprint, String> {
+    let mut now = service_footprint(pid)?;
+    eventually(3000, || {
+        now = service_footprint(pid).unwrap_or(Footprint {
+            fds: before.fds.clone(),
+            rss_kb: 0,
+        });
+        now.fds.len() <= before.fds.len()
     });
-    Ok((last, proc_scan::status_field(pid, "VmRSS")?))
+    let mut extra = now.fds.clone();
+    for fd in &before.fds {
+        if let Some(i) = extra.iter().position(|e| e == fd) {
+            extra.remove(i);
+        }
+    }
+    ensure!(
+        now.fds.len() <= before.fds.len(),
+        "service fds grew from {} to {}; new: {extra:?}",
+        before.fds.len(),
+        now.fds.len()
+    );
+    Ok(now)
 }
 
 /// Runs as root, whose quota in the VM config is far above 1024 x 3 MiB:
@@ -68,14 +99,11 @@ fn allocate_free_1024_times_per_size_does_not_grow_service_fds_or_rss() -> Outco
     // records awaiting their free grace); a leak shows as growth in the second.
     let warm = app::run_as(ROOT, "churn", &args)?;
     ensure!(warm == "ok", "first churn round printed {warm:?}");
-    let (fds_before, rss_before) = service_footprint(pid)?;
+    let before = service_footprint(pid)?;
     let out = app::run_as(ROOT, "churn", &args)?;
     ensure!(out == "ok", "second churn round printed {out:?}");
-    let (fds_after, rss_after) = service_footprint(pid)?;
-    ensure!(
-        fds_after <= fds_before,
-        "service fds grew from {fds_before} to {fds_after}"
-    );
+    let after = fds_return_to(pid, &before)?;
+    let (rss_before, rss_after) = (before.rss_kb, after.rss_kb);
     ensure!(
         rss_after <= rss_before + RSS_SLACK_KB,
         "service RSS grew from {rss_before} kB to {rss_after} kB"
@@ -114,7 +142,7 @@ fn churn(args: &[&str]) -> RoleResult {
 
 fn eight_apps_with_100_concurrent_allocations_all_succeed_without_service_fd_leak() -> Outcome {
     let pid = proc_scan::service_pid()?;
-    let (fds_before, _) = service_footprint(pid)?;
+    let before = service_footprint(pid)?;
     let apps: Vec<_> = (0..8)
         .map(|i| {
             let uid = if i % 2 == 0 { APP_A } else { APP_B };
@@ -136,11 +164,7 @@ fn eight_apps_with_100_concurrent_allocations_all_succeed_without_service_fd_lea
         }
     }
     ensure!(failures.is_empty(), "{}", failures.join("; "));
-    let (fds_after, _) = service_footprint(pid)?;
-    ensure!(
-        fds_after <= fds_before,
-        "service fds grew from {fds_before} to {fds_after}"
-    );
+    fds_return_to(pid, &before)?;
     service_answers(&connect()?)
 }
 
