@@ -359,7 +359,7 @@ impl MappedBuffer<'_> {
 
     /// Writable access; None for a read-only mapping.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        (self.dir != SyncDirection::Read).then(|| self.mapping.as_mut_slice())
+        self.mapping.as_mut_slice()
     }
 }
 

@@ -90,8 +90,13 @@ pub fn start_with(
         "serving on {transport}; heaps: {}; config: {config_desc}",
         heaps.join(", ")
     );
-    for note in fallback.iter().chain(discovery.notes.iter()) {
-        log::info!("note: {note}");
+    let notes: Vec<&str> = fallback
+        .iter()
+        .chain(discovery.notes.iter())
+        .map(String::as_str)
+        .collect();
+    if !notes.is_empty() {
+        log::info!("fallbacks: {}", notes.join("; "));
     }
     Ok(Running {
         transport,

@@ -177,6 +177,7 @@ fn libc_o_cloexec() -> i32 {
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    writable: bool,
 }
 
 // SAFETY: the mapping is plain shared memory; access goes through &/&mut self.
@@ -198,7 +199,11 @@ impl Mapping {
         // SAFETY: a fresh shared mapping chosen by the kernel (no fixed
         // address), so it aliases no Rust object; it lives until drop.
         let p = unsafe { mmap(None, len_nz, prot, MapFlags::MAP_SHARED, fd, 0) }.map_err(errno)?;
-        Ok(Mapping { ptr: p.cast(), len })
+        Ok(Mapping {
+            ptr: p.cast(),
+            len,
+            writable,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -214,11 +219,14 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    /// Panics-free only on a writable mapping; a read-only one faults (SIGSEGV) on write.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: ptr..ptr+len is mapped for the life of self and &mut self
-        // gives exclusive access within this process.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// Writable access; None for a read-only mapping (a write there would fault).
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        if !self.writable {
+            return None;
+        }
+        // SAFETY: ptr..ptr+len is mapped read-write for the life of self,
+        // and &mut self gives exclusive access within this process.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
     }
 }
 

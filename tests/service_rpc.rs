@@ -74,8 +74,12 @@ fn mapped_buffer_reads_zero_then_what_was_written() {
         assert!(m.as_slice().iter().all(|&x| x == 0));
         m.as_mut_slice().unwrap().fill(0xaa);
     }
-    let m = b.map(SyncDirection::Read).unwrap();
+    let mut m = b.map(SyncDirection::Read).unwrap();
     assert!(m.as_slice().iter().all(|&x| x == 0xaa));
+    assert!(
+        m.as_mut_slice().is_none(),
+        "a read mapping gives no write access"
+    );
 }
 
 fn code_of(r: Result<dmabufd::client::DmaBuffer, dmabufd::client::Error>) -> (ErrorCode, String) {
