@@ -84,6 +84,33 @@ impl Service {
         v
     }
 
+    /// [`buffer_fds`](Self::buffer_fds) once the service's reply threads
+    /// have dropped their last reply: the fd travels in the reply parcel,
+    /// which is closed just after sending, so a fast client can look before
+    /// that. Anything still there after two seconds is kept for real.
+    pub fn buffer_fds_settled(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let fds = self.buffer_fds();
+            if fds.is_empty() || Instant::now() >= deadline {
+                return fds;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What each of the service's fds points at (for failure messages).
+    pub fn fd_targets(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The service process's mappings of buffers.
     pub fn buffer_maps(&self) -> Vec<String> {
         std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))
