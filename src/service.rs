@@ -133,7 +133,24 @@ impl DmaBufService {
 
     /// The dump in the shape of Android's dmabuf_dump (see `dump -h`).
     pub fn render_dump(&self, w: &mut dyn Write, args: &[String]) -> std::io::Result<()> {
-        w.write_all(&report::dump_output(args, || self.monitor.refresh()))
+        w.write_all(&report::dump_output(args, || self.monitor.refresh()))?;
+        // The registry's own state, under plain-text views only.
+        if let Ok(report::dump_args::DumpRequest::Text { csv: false, .. }) =
+            report::dump_args::parse(args)
+        {
+            let reg = self.allocator.registry();
+            // Nothing ever allocated: keep the one-line "nothing found".
+            if reg.is_empty() && reg.freed_total() == 0 {
+                return Ok(());
+            }
+            writeln!(
+                w,
+                "\nregistry: {} buffers allocated through dmabufd live, {} freed since start",
+                reg.len(),
+                reg.freed_total()
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -353,6 +353,11 @@ fn freed_buffers_stop_counting_against_the_quota() {
         4,
         "the freed four were dropped from the registry"
     );
+    let dump = String::from_utf8(a.service().renderDump(&[]).unwrap()).unwrap();
+    assert!(
+        dump.contains("4 buffers allocated through dmabufd live, 4 freed since start"),
+        "{dump}"
+    );
 }
 
 #[test]
