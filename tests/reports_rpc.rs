@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
@@ -80,12 +78,7 @@ fn a_passed_buffer_has_its_allocator_as_owner_both_processes_as_holders_and_spli
     let svc = Service::start(CONFIG);
     let a = svc.connect();
     let b = a.allocate("system", 8192, "shared").unwrap();
-    let listen = svc.dir.join("viewer.sock");
-    let (mut viewer, mut out) = common::spawn_viewer(&listen);
-    let s = std::os::unix::net::UnixStream::connect(&listen).unwrap();
-    dmabufd::sys::send_fds(s.as_fd(), b"x", &[b.fd()]).unwrap();
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let (mut viewer, line) = common::pass_to_viewer(&svc, &b);
     assert!(line.contains("\"shared\""), "{line}");
     let r = a.memory_report().unwrap();
     let info = r

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::BufRead;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::process::Stdio;
 
 use common::Service;
@@ -166,12 +166,7 @@ fn a_buffer_passed_to_another_process_is_readable_there() {
         .as_mut_slice()
         .unwrap()
         .fill(0x5a);
-    let listen = svc.dir.join("viewer.sock");
-    let (mut child, mut out) = common::spawn_viewer(&listen);
-    let s = std::os::unix::net::UnixStream::connect(&listen).unwrap();
-    dmabufd::sys::send_fds(s.as_fd(), b"x", &[b.fd()]).unwrap();
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let (mut child, line) = common::pass_to_viewer(&svc, &b);
     assert!(line.contains("\"passed\""), "{line}");
     assert!(line.contains(&format!("inode {}", b.inode())), "{line}");
     assert!(line.contains("first byte 0x5a"), "{line}");

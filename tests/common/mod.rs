@@ -165,6 +165,19 @@ pub fn spawn_viewer(listen: &Path) -> (Child, BufReader<std::process::ChildStdou
     (child, out)
 }
 
+/// Passes `buf` to a new viewer process (SCM_RIGHTS) and returns the viewer,
+/// still holding it, with the line it printed about what it received.
+pub fn pass_to_viewer(svc: &Service, buf: &dmabufd::client::DmaBuffer) -> (Child, String) {
+    use std::os::fd::AsFd;
+    let listen = svc.dir.join("viewer.sock");
+    let (child, mut out) = spawn_viewer(&listen);
+    let s = std::os::unix::net::UnixStream::connect(&listen).unwrap();
+    dmabufd::sys::send_fds(s.as_fd(), b"x", &[buf.fd()]).unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    (child, line)
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
