@@ -175,6 +175,11 @@ pub fn pass_to_viewer(svc: &Service, buf: &dmabufd::client::DmaBuffer) -> (Child
     dmabufd::sys::send_fds(s.as_fd(), b"x", &[buf.fd()]).unwrap();
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
+    // Read up to its last line, so that dropping our end of its stdout
+    // cannot break a write it has yet to make.
+    let mut holding = String::new();
+    out.read_line(&mut holding).unwrap();
+    assert_eq!(holding.trim(), "holding", "viewer after {line:?}");
     (child, line)
 }
 
