@@ -244,7 +244,8 @@ impl Allocator {
             return Err(Error::new(
                 Kind::UnknownHeap,
                 format!(
-                    "unknown heap {requested:?}; available: {}",
+                    "unknown heap {:?}; available: {}",
+                    shown(requested),
                     self.heap_names().join(", ")
                 ),
             ));
@@ -326,7 +327,8 @@ pub fn validate_name(name: &str) -> Result<()> {
         return Err(Error::new(
             Kind::InvalidName,
             format!(
-                "name {name:?} is {} bytes; at most {DMA_BUF_NAME_MAX} bytes are allowed",
+                "name {:?} is {} bytes; at most {DMA_BUF_NAME_MAX} bytes are allowed",
+                shown(name),
                 name.len()
             ),
         ));
@@ -334,10 +336,24 @@ pub fn validate_name(name: &str) -> Result<()> {
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(Error::new(
             Kind::InvalidName,
-            format!("name {name:?} contains control character {:#04x}; only printable characters are allowed", c as u32),
+            format!(
+                "name {:?} contains control character {:#04x}; only printable characters are allowed",
+                shown(name),
+                c as u32
+            ),
         ));
     }
     Ok(())
+}
+
+/// A client string as quoted in messages and logs: at most 48 characters,
+/// so a megabyte-long name cannot flood the log or the reply.
+fn shown(s: &str) -> String {
+    const MAX: usize = 48;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 fn checked_size(size: i64, max: u64, heap: &str) -> Result<u64> {
@@ -537,6 +553,19 @@ mod tests {
         assert_eq!(e.kind, Kind::QuotaExceeded);
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
         drop(second);
+    }
+
+    #[test]
+    fn huge_names_are_refused_with_a_short_message() {
+        let a = alloc_with(Config::default());
+        let big = "n".repeat(1 << 20);
+        let e = a.allocate(ME, &req("system", 1, &big, 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidName);
+        assert!(e.message.len() < 200, "{} bytes", e.message.len());
+        assert!(e.message.contains("1048576 bytes"), "{}", e.message);
+        let e = a.allocate(ME, &req(&big, 1, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::UnknownHeap);
+        assert!(e.message.len() < 200);
     }
 
     #[test]

@@ -378,3 +378,17 @@ fn one_hundred_threads_of_one_client_allocate_map_and_free_concurrently() {
     assert_eq!(inodes.len(), 100, "every thread got a buffer of its own");
     assert_eq!(svc.buffer_fds_settled(), Vec::<String>::new());
 }
+
+#[test]
+fn a_huge_name_or_heap_string_is_refused_briefly_and_the_service_survives() {
+    let mut svc = Service::start(CONFIG);
+    let a = svc.connect();
+    let big = "x".repeat(256 << 10);
+    let (c, m) = code_of(a.allocate("system", 4096, &big));
+    assert_eq!(c, ErrorCode::INVALID_NAME);
+    assert!(m.len() < 200, "message of {} bytes", m.len());
+    let (c, _) = code_of(a.allocate(&big, 4096, ""));
+    assert_eq!(c, ErrorCode::UNKNOWN_HEAP);
+    assert!(svc.is_running());
+    assert!(a.allocate("system", 4096, "fine").is_ok());
+}
