@@ -12,8 +12,10 @@ use crate::procfs;
 use crate::registry::Registry;
 
 /// How long the background scanner waits after an allocation before
-/// scanning, so a burst of allocations costs one scan.
-pub const ALLOCATION_SCAN_DELAY: Duration = Duration::from_millis(100);
+/// scanning, so a burst of allocations costs one scan: under sustained
+/// allocation at most about two scans a second compete with the allocating
+/// threads for CPU.
+pub const ALLOCATION_SCAN_DELAY: Duration = Duration::from_millis(500);
 
 pub struct Monitor {
     registry: Arc<Registry>,
