@@ -392,3 +392,48 @@ fn a_huge_name_or_heap_string_is_refused_briefly_and_the_service_survives() {
     assert!(svc.is_running());
     assert!(a.allocate("system", 4096, "fine").is_ok());
 }
+
+#[test]
+fn clients_killed_mid_call_leave_the_service_serving_and_its_accounting_whole() {
+    let mut svc = Service::start(CONFIG);
+    // Kill clients at staggered moments: before, during and after their call.
+    for i in 0..24u64 {
+        let mut c = svc
+            .ctl()
+            .args([
+                "alloc",
+                "system",
+                "1M",
+                "--name",
+                &format!("doomed-{i}"),
+                "--hold",
+                "5",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(500 * i));
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    assert!(svc.is_running());
+    let a = svc.connect();
+    let kept = a.allocate("system", 4096, "survivor").unwrap();
+    // Once past the in-flight grace, a report drops every record of the
+    // dead clients' buffers: only the survivor is left.
+    std::thread::sleep(dmabufd::accounting::FREED_GRACE + std::time::Duration::from_millis(300));
+    let r = a.memory_report().unwrap();
+    assert_eq!((r.totalCount, r.totalBytes), (1, 4096), "{:?}", r.buffers);
+    assert_eq!(r.buffers[0].inode as u64, kept.inode());
+    let h = &a.heaps().unwrap()[0];
+    assert_eq!((h.bufferCount, h.allocatedBytes), (1, 4096));
+    // Some of the clients did get their buffer before dying.
+    let dump = String::from_utf8(a.service().renderDump(&[]).unwrap()).unwrap();
+    let freed: u64 = dump
+        .lines()
+        .find_map(|l| l.strip_suffix(" freed since start"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{dump}"));
+    assert!(freed >= 1, "no client lived long enough to allocate");
+}
