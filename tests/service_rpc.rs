@@ -437,3 +437,16 @@ fn clients_killed_mid_call_leave_the_service_serving_and_its_accounting_whole() 
         .unwrap_or_else(|| panic!("{dump}"));
     assert!(freed >= 1, "no client lived long enough to allocate");
 }
+
+#[test]
+fn sync_file_and_rename_on_the_memfd_heap_fail_with_clear_errors() {
+    let svc = Service::start(CONFIG);
+    let b = svc.connect().allocate("system", 4096, "memfd").unwrap();
+    assert!(!b.is_dmabuf());
+    let e = b.export_sync_file(SyncDirection::Read).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("not a dma-buf"), "{e}");
+    let e = b.set_name("other").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+    assert_eq!(b.name().unwrap(), "memfd");
+}

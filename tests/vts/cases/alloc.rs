@@ -36,6 +36,10 @@ pub fn cases() -> Vec<Case> {
             name: "udmabuf_heap_buffers_are_named_mappable_dmabufs",
             run: || app_role_ok("udmabuf-basic"),
         },
+        Case {
+            name: "sync_file_export_and_import_work_and_rename_shows_in_fdinfo",
+            run: || app_role_ok("sync-file-rename"),
+        },
     ]
 }
 
@@ -46,7 +50,36 @@ pub fn roles() -> Vec<(&'static str, app::Role)> {
         ("zero-after-reuse", zero_after_reuse),
         ("cpu-sync", cpu_sync),
         ("udmabuf-basic", udmabuf_basic),
+        ("sync-file-rename", sync_file_rename),
     ]
+}
+
+/// The client library's sync_file export/import (kernel 6.0+) and set_name
+/// on a real system-heap dma-buf, as an app.
+fn sync_file_rename(_: &[&str]) -> RoleResult {
+    let b = connect()?
+        .allocate("system", 4 * KIB, "before-rename")
+        .map_err(|e| e.to_string())?;
+    let fence = b
+        .export_sync_file(SyncDirection::Read)
+        .map_err(|e| format!("export_sync_file: {e}"))?;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fence.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
+    if !link.to_string_lossy().contains("sync_file") {
+        return Err(format!("exported fd is {link:?}, not a sync_file"));
+    }
+    b.import_sync_file(SyncDirection::Write, std::os::fd::AsFd::as_fd(&fence))
+        .map_err(|e| format!("import_sync_file: {e}"))?;
+    b.set_name("after-rename")
+        .map_err(|e| format!("set_name: {e}"))?;
+    let name = b.name().map_err(|e| e.to_string())?;
+    if name != "after-rename" {
+        return Err(format!("fdinfo name is {name:?} after set_name"));
+    }
+    if b.set_name(&"x".repeat(32)).is_ok() {
+        return Err("a 32-byte name was accepted by set_name".into());
+    }
+    Ok("ok".into())
 }
 
 /// Runs a role as app A; its own checks decide.
