@@ -118,12 +118,12 @@ impl Allocator {
     /// DMABUFD_SOCKET when set; else kernel binder when a binder device
     /// exists; else the default RPC socket.
     pub fn connect() -> Result<Allocator> {
-        let env = std::env::var_os(transport::SOCKET_ENV).filter(|v| !v.is_empty());
-        match env {
-            Some(p) => Self::connect_rpc(Path::new(&p)),
-            None if transport::binder_device().is_some() => Self::connect_kernel(),
-            None => Self::connect_rpc(&transport::default_socket()),
+        let socket_named = std::env::var_os(transport::SOCKET_ENV).is_some_and(|v| !v.is_empty());
+        if !socket_named && transport::binder_device().is_some() {
+            return Self::connect_kernel();
         }
+        // default_socket() is DMABUFD_SOCKET when set.
+        Self::connect_rpc(&transport::default_socket())
     }
 
     /// Connects through an explicit socket path when given, else as [`connect`](Self::connect).
@@ -231,7 +231,9 @@ impl DmaBuffer {
     /// Wraps a buffer fd received from another process.
     pub fn from_owned_fd(fd: OwnedFd) -> io::Result<DmaBuffer> {
         let st = nix::sys::stat::fstat(fd.as_fd())?;
-        let heap = fdinfo_field(fd.as_fd(), "exp_name").unwrap_or_default();
+        let heap = fdinfo(fd.as_fd())
+            .and_then(|i| i.exporter)
+            .unwrap_or_default();
         Ok(DmaBuffer {
             size: st.st_size as u64,
             inode: st.st_ino,
@@ -265,13 +267,13 @@ impl DmaBuffer {
 
     /// Whether this is a real dma-buf (false for the memfd fallback heap).
     pub fn is_dmabuf(&self) -> bool {
-        fdinfo_field(self.fd(), "exp_name").is_some()
+        fdinfo(self.fd()).is_some_and(|i| i.exporter.is_some())
     }
 
     /// The name as the kernel has it now (fdinfo `name:`; for a memfd, its name).
     pub fn name(&self) -> io::Result<String> {
-        if self.is_dmabuf() {
-            return Ok(fdinfo_field(self.fd(), "name").unwrap_or_default());
+        if let Some(info) = fdinfo(self.fd()).filter(|i| i.exporter.is_some()) {
+            return Ok(info.name.unwrap_or_default());
         }
         let link = std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?;
         let link = link.to_string_lossy();
@@ -371,11 +373,8 @@ impl Drop for MappedBuffer<'_> {
     }
 }
 
-/// One `key:\tvalue` line of /proc/self/fdinfo/<fd>.
-fn fdinfo_field(fd: BorrowedFd<'_>, key: &str) -> Option<String> {
+/// This process's fdinfo of `fd`, parsed the way the scanner parses others'.
+fn fdinfo(fd: BorrowedFd<'_>) -> Option<crate::procfs::FdInfo> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k == key).then(|| v.trim().to_string())
-    })
+    Some(crate::procfs::parse_fdinfo(&text))
 }

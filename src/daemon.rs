@@ -22,7 +22,6 @@ pub struct Options {
 /// A running service (dropping it stops an RPC server).
 pub struct Running {
     pub transport: Transport,
-    pub allocator: Arc<Allocator>,
     /// The service state, for in-process dumps (the demo).
     pub service: DmaBufService,
     _guard: rsbinder::ServerGuard,
@@ -100,7 +99,6 @@ pub fn start_with(
     }
     Ok(Running {
         transport,
-        allocator,
         service,
         _guard: guard,
         _runtime: runtime,

@@ -75,10 +75,6 @@ impl App {
 
     /// Closes its stdin (the signal to release everything) and waits.
     fn finish(mut self) -> Result<(), String> {
-        self.finish_ref()
-    }
-
-    fn finish_ref(&mut self) -> Result<(), String> {
         drop(self.child.stdin.take());
         let mut rest = String::new();
         while self.out.read_line(&mut rest).map_err(|e| e.to_string())? > 0 {
