@@ -224,3 +224,76 @@ impl IDmaBufAllocator for DmaBufService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::heap::memfd::MemfdHeap;
+    use crate::registry::Registry;
+
+    fn service() -> DmaBufService {
+        let registry = Arc::new(Registry::new());
+        let allocator = Allocator::new(
+            vec![Box::new(MemfdHeap::new("system"))],
+            Config::default(),
+            registry.clone(),
+        );
+        DmaBufService::new(Arc::new(allocator), Arc::new(Monitor::new(registry)))
+    }
+
+    fn app(pid: i32) -> Caller {
+        Caller { uid: 10001, pid }
+    }
+
+    fn request() -> AllocationRequest {
+        AllocationRequest {
+            heapName: "system".into(),
+            size: 4096,
+            name: "x".into(),
+            flags: 0,
+        }
+    }
+
+    /// A oneway kernel binder transaction arrives with calling pid 0: that
+    /// must never read as "the caller itself".
+    #[test]
+    fn a_caller_pid_of_zero_or_below_is_refused_where_the_pid_matters() {
+        let s = service();
+        for pid in [0, -1] {
+            // resetHighWaterMark(0) from pid 0 would otherwise pass the
+            // own-pid check and reset every process.
+            let e = s.reset_hwm(app(pid), pid).unwrap_err();
+            assert_eq!(e.kind, Kind::IllegalArgument, "{e}");
+            assert!(e.message.contains("two-way"), "{e}");
+            let e = s.reset_hwm(app(pid), 0).unwrap_err();
+            assert_eq!(e.kind, Kind::IllegalArgument, "{e}");
+            let e = s
+                .process_memory(app(pid), std::process::id() as i32)
+                .unwrap_err();
+            assert_eq!(e.kind, Kind::IllegalArgument, "{e}");
+            let e = s.allocate(app(pid), &request()).unwrap_err();
+            assert_eq!(e.kind, Kind::IllegalArgument, "{e}");
+            assert!(e.message.contains("pid"), "{e}");
+        }
+        assert!(s.allocator.registry().is_empty(), "owner pid 0 recorded");
+        // A real caller still allocates and reads its own figures.
+        let me = app(std::process::id() as i32);
+        assert!(s.allocate(me, &request()).is_ok());
+        assert!(s.reset_hwm(me, me.pid).is_ok());
+    }
+
+    #[test]
+    fn pid_zero_means_every_process_only_for_privileged_callers() {
+        let s = service();
+        let me = app(std::process::id() as i32);
+        let e = s.reset_hwm(me, 0).unwrap_err();
+        assert_eq!(e.kind, Kind::Permission, "{e}");
+        assert!(s.reset_hwm(Caller { uid: 0, pid: 1 }, 0).is_ok());
+        for pid in [0, -5] {
+            let e = s.process_memory(me, pid).unwrap_err();
+            assert_eq!(e.kind, Kind::IllegalArgument, "{e}");
+            assert!(e.message.contains("pid > 0"), "{e}");
+        }
+    }
+}

@@ -450,3 +450,56 @@ fn sync_file_and_rename_on_the_memfd_heap_fail_with_clear_errors() {
     assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
     assert_eq!(b.name().unwrap(), "memfd");
 }
+
+/// Sends `code` (FIRST_CALL_TRANSACTION + offset) as a raw oneway
+/// transaction with the arguments `write` puts in the parcel.
+fn send_oneway(
+    a: &dmabufd::client::Allocator,
+    offset: u32,
+    write: impl FnOnce(&mut rsbinder::Parcel),
+) {
+    let binder = a.service().as_binder();
+    let remote = binder.as_remote().expect("a remote proxy");
+    let mut data = remote.prepare_transact(true).unwrap();
+    write(&mut data);
+    remote
+        .submit_transact(
+            rsbinder::FIRST_CALL_TRANSACTION + offset,
+            &data,
+            rsbinder::FLAG_ONEWAY,
+        )
+        .unwrap();
+}
+
+#[test]
+fn oneway_transactions_of_two_way_methods_are_refused_and_change_nothing() {
+    use dmabufd::aidl::vendor::dmabuf::AllocationRequest::AllocationRequest;
+    let svc = Service::start_logged(CONFIG);
+    let a = svc.connect();
+    // allocate (code + 1) sent oneway: the reply, and the fd in it, would be
+    // dropped, but the record would stay charged to the caller.
+    send_oneway(&a, 1, |p| {
+        p.write(&AllocationRequest {
+            heapName: "system".into(),
+            size: 1 << 20,
+            name: "oneway".into(),
+            flags: 0,
+        })
+        .unwrap()
+    });
+    let log = svc.wait_for_log("oneway transaction of allocate refused");
+    assert!(log.contains("call it two-way"), "{log}");
+    // resetHighWaterMark(0) (code + 4) sent oneway.
+    send_oneway(&a, 4, |p| p.write(&0i32).unwrap());
+    svc.wait_for_log("oneway transaction of resetHighWaterMark refused");
+    let h = &a.heaps().unwrap()[0];
+    assert_eq!(
+        (h.bufferCount, h.allocatedBytes),
+        (0, 0),
+        "oneway allocate recorded"
+    );
+    let dump = String::from_utf8(a.service().renderDump(&[]).unwrap()).unwrap();
+    assert!(!dump.contains("oneway"), "{dump}");
+    // Two-way calls on the same connection are served as before.
+    assert!(a.allocate("system", 4096, "two-way").is_ok());
+}

@@ -20,6 +20,16 @@ static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 impl Service {
     /// Starts dmabufd with `config` (TOML) and waits until it answers.
     pub fn start(config: &str) -> Service {
+        Self::start_with(config, false)
+    }
+
+    /// [`start`](Self::start) with the service's stderr (its log, warnings
+    /// and up) written to [`log`](Self::log) instead of the test's stderr.
+    pub fn start_logged(config: &str) -> Service {
+        Self::start_with(config, true)
+    }
+
+    fn start_with(config: &str, logged: bool) -> Service {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("dmabufd-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -31,6 +41,11 @@ impl Service {
         let cfg = dir.join("dmabufd.toml");
         std::fs::write(&cfg, config).unwrap();
         let socket = dir.join("dmabufd.sock");
+        let stderr = if logged {
+            Stdio::from(std::fs::File::create(dir.join("dmabufd.log")).unwrap())
+        } else {
+            Stdio::inherit()
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_dmabufd"))
             .arg("--config")
             .arg(&cfg)
@@ -38,6 +53,7 @@ impl Service {
             .arg(&socket)
             .env("DMABUFD_LOG", "warn")
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn dmabufd");
         let svc = Service { child, dir, socket };
@@ -47,6 +63,27 @@ impl Service {
                 return svc;
             }
             assert!(Instant::now() < deadline, "dmabufd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the service logged so far (only with [`start_logged`](Self::start_logged)).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dmabufd.log")).unwrap_or_default()
+    }
+
+    /// Waits up to 10 s for the service's log to contain `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service never logged {needle:?}; its log:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
