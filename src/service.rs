@@ -2,8 +2,11 @@
 //! the reports. Each handler is plain `Result` code; [`boundary`] is the
 //! one place errors become binder statuses.
 
+use std::any::Any;
+use std::cell::Cell;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
 use rsbinder::{BinderResult, Interface, ParcelFileDescriptor};
 
@@ -47,6 +50,8 @@ impl DmaBufService {
     }
 
     fn allocate(&self, caller: Caller, r: &AllocationRequest) -> Result<Buffer> {
+        // The owner pid goes into the record and the reports.
+        require_caller_pid(caller, "allocate")?;
         let a = self.allocator.allocate(
             caller,
             &Request {
@@ -93,10 +98,14 @@ impl DmaBufService {
     }
 
     fn process_memory(&self, c: Caller, pid: i32) -> Result<ProcessMemory> {
+        require_caller_pid(c, "getProcessMemory")?;
         if pid <= 0 {
             return Err(Error::new(
                 Kind::IllegalArgument,
-                format!("pid {pid} is not a process id; pass a pid > 0"),
+                format!(
+                    "getProcessMemory({pid}): {pid} is not a process id; pass a pid > 0 \
+                     (your own pid, or any pid if you are privileged)"
+                ),
             ));
         }
         if pid != c.pid {
@@ -118,13 +127,15 @@ impl DmaBufService {
     }
 
     fn reset_hwm(&self, c: Caller, pid: i32) -> Result<()> {
+        require_caller_pid(c, "resetHighWaterMark")?;
         if pid < 0 {
             return Err(Error::new(
                 Kind::IllegalArgument,
                 format!("pid {pid}: pass a pid > 0, or 0 for every process"),
             ));
         }
-        if pid != c.pid {
+        // 0 (every process) is never "the caller itself".
+        if pid == 0 || pid != c.pid {
             self.require_privileged(c, &format!("resetHighWaterMark({pid})"))?;
         }
         self.monitor.reset_hwm(pid);
@@ -154,6 +165,62 @@ impl DmaBufService {
     }
 }
 
+/// Refuses a caller without a pid: kernel binder reports calling pid 0 for
+/// a oneway transaction, and 0 (or a negative sentinel) must never match
+/// "the caller itself" nor be recorded as an owner.
+fn require_caller_pid(c: Caller, method: &str) -> Result<()> {
+    if c.pid > 0 {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::IllegalArgument,
+        format!(
+            "{method}: the transport reported no caller pid ({}), as for a oneway transaction; \
+             call IDmaBufAllocator methods two-way",
+            c.pid
+        ),
+    ))
+}
+
+thread_local! {
+    /// Whether the transaction this binder thread is serving is oneway; set
+    /// by [`OnewayObserver`] around each of our transactions.
+    static ONEWAY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// rsbinder's generated stubs dispatch every method for a oneway
+/// transaction too, and do not pass the flags on; its transaction observer
+/// sees them, on the thread that then runs the handler. This observer
+/// records the flag for [`boundary`], which refuses oneway calls: every
+/// IDmaBufAllocator method is two-way.
+struct OnewayObserver;
+
+impl rsbinder::observe::TransactionObserver for OnewayObserver {
+    fn on_transact(&self, ctx: &rsbinder::observe::TxnContext<'_>) -> Option<Box<dyn Any + Send>> {
+        if ctx.descriptor == <DmaBufService as IDmaBufAllocator>::descriptor() {
+            ONEWAY.with(|o| o.set(ctx.is_oneway));
+        }
+        None
+    }
+
+    fn on_reply(
+        &self,
+        _ctx: &rsbinder::observe::TxnContext<'_>,
+        _tag: Option<Box<dyn Any + Send>>,
+        _result: &rsbinder::Result<()>,
+        _elapsed: Duration,
+    ) {
+        ONEWAY.with(|o| o.set(false));
+    }
+}
+
+/// Installs the observer that lets [`boundary`] refuse oneway calls (once
+/// per process; the transports call it before serving).
+pub fn install_oneway_guard() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| rsbinder::observe::set_observer(Some(Arc::new(OnewayObserver))));
+}
+
 fn caller() -> Caller {
     Caller {
         uid: rsbinder::get_calling_uid(),
@@ -164,6 +231,24 @@ fn caller() -> Caller {
 /// Runs a handler for the current caller and maps its error to a status.
 fn boundary<T>(method: &str, f: impl FnOnce(Caller) -> Result<T>) -> BinderResult<T> {
     let c = caller();
+    if ONEWAY.with(Cell::get) {
+        // Nobody reads the reply of a oneway call: log the refusal here.
+        log::warn!(
+            "oneway transaction of {method} refused (uid {} pid {}): every IDmaBufAllocator \
+             method is two-way; call it two-way",
+            c.uid,
+            c.pid
+        );
+        return Err(into_status(
+            Error::new(
+                Kind::IllegalArgument,
+                format!("{method} sent oneway; every IDmaBufAllocator method is two-way"),
+            ),
+            method,
+            c.uid,
+            c.pid,
+        ));
+    }
     f(c).map_err(|e| into_status(e, method, c.uid, c.pid))
 }
 

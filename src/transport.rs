@@ -96,6 +96,7 @@ pub fn connect_kernel(wait: Duration) -> rsbinder::Result<Strong<dyn IDmaBufAllo
 /// who may do what is decided per call from the peer's uid.
 pub fn serve_rpc(path: &Path, binder: SIBinder) -> std::io::Result<rsbinder::ServerGuard> {
     use std::os::unix::fs::PermissionsExt;
+    crate::service::install_oneway_guard();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -125,6 +126,7 @@ pub fn serve_rpc(path: &Path, binder: SIBinder) -> std::io::Result<rsbinder::Ser
 /// Registers `binder` with the service manager and serves on the binder
 /// thread pool; returns once registered.
 pub fn serve_kernel(binder: SIBinder) -> std::io::Result<rsbinder::ServerGuard> {
+    crate::service::install_oneway_guard();
     rsbinder::serve(Uri::kernel())
         .and_then(|s| s.add(SERVICE_NAME, binder))
         .and_then(|s| s.spawn())
