@@ -331,6 +331,60 @@ pub(crate) mod sample {
         build(&scans, &registry, &mut HwmTracker::new(), at())
     }
 
+    /// [`accounting`] with hostile strings: a command name and buffer names
+    /// carrying newlines, tabs and carriage returns that would forge lines
+    /// if printed raw. Same structure, so the same number of lines.
+    pub fn hostile() -> Accounting {
+        const COMM: &str = "a\nPID 1 x";
+        const NAME: &str = "x\nino:\t1\r\n";
+        let scans = vec![
+            ProcessScan {
+                pid: 100,
+                uid: 10001,
+                comm: COMM.into(),
+                result: Ok(vec![dmabuf_use(17, MB, 1, 1, "system", NAME)]),
+            },
+            ProcessScan {
+                pid: 200,
+                uid: 10002,
+                comm: "v\r\\\x1b[2J".into(),
+                result: Ok(vec![
+                    dmabuf_use(17, MB, 2, 0, "system", NAME),
+                    dmabuf_use(23, 8192, 1, 0, "udmabuf", "\n,\"q\""),
+                ]),
+            },
+            ProcessScan {
+                pid: 300,
+                uid: 10003,
+                comm: "s\nPID 2".into(),
+                result: Err(ScanError {
+                    path: PathBuf::from("/proc/300/fd"),
+                    kind: std::io::ErrorKind::PermissionDenied,
+                    errno: Some(13),
+                    message: "Permission denied (os error 13)".into(),
+                }),
+            },
+            ProcessScan {
+                pid: 400,
+                uid: 1100,
+                comm: "dmabufd".into(),
+                result: Ok(vec![]),
+            },
+        ];
+        let registry = vec![BufferRecord {
+            inode: 17,
+            heap: "system".into(),
+            kind: HeapKind::DmaHeap,
+            size: MB,
+            name: NAME.into(),
+            owner_uid: 10001,
+            owner_pid: 100,
+            owner_name: COMM.into(),
+            allocated_at: at() - Duration::from_secs(60),
+        }];
+        build(&scans, &registry, &mut HwmTracker::new(), at())
+    }
+
     pub fn empty() -> Accounting {
         let scans = vec![ProcessScan {
             pid: 1,

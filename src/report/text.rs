@@ -725,6 +725,65 @@ mod tests {
         assert_eq!(csv_cell("a,b\"c"), "\"a,b\"\"c\"");
     }
 
+    /// Untrusted strings (command names, buffer names) cannot forge lines
+    /// or cells in any view or format: the hostile sample draws exactly as
+    /// many lines as the plain one, with no raw CR, and shows the escapes.
+    #[test]
+    fn hostile_names_cannot_forge_lines_in_any_view_or_format() {
+        use crate::report::sample::hostile;
+        let (plain, bad) = (accounting(), hostile());
+        for view in [View::PerProcess, View::BufferByProcess, View::PerBuffer] {
+            for csv in [false, true] {
+                for pid in [None, Some(100), Some(300)] {
+                    let want = render(&plain, view, csv, pid);
+                    let got = render(&bad, view, csv, pid);
+                    let what = format!("{view:?} csv {csv} pid {pid:?}:\n{got}");
+                    assert_eq!(got.lines().count(), want.lines().count(), "{what}");
+                    assert!(!got.contains('\r') && !got.contains('\t'), "{what}");
+                    assert!(!got.contains('\x1b'), "{what}");
+                    for l in got.lines() {
+                        assert!(
+                            !l.starts_with("PID ") && !l.starts_with("ino:"),
+                            "forged line {l:?} in {what}"
+                        );
+                    }
+                    if csv {
+                        // One record per line: every line has as many cells
+                        // as in the plain dump.
+                        for (g, w) in got.lines().zip(want.lines()) {
+                            assert_eq!(csv_cells(g), csv_cells(w), "{g:?} vs {w:?}");
+                        }
+                    }
+                }
+            }
+        }
+        let out = render(&bad, View::PerProcess, false, None);
+        assert!(out.contains("a\\nPID 1 x:100\n"), "{out}");
+        assert!(out.contains("x\\nino:\\t1\\r\\n"), "{out}");
+        assert!(out.contains("v\\r\\\\\\x1b[2J:200"), "{out}");
+        assert!(out.contains("s\\nPID 2:300 uid 10003"), "{out}");
+        let csv = render(&bad, View::PerProcess, true, None);
+        assert!(
+            csv.contains("\n\"a\\nPID 1 x\",100,10001,\"x\\nino:\\t1\\r\\n\","),
+            "{csv}"
+        );
+        assert!(csv.contains(",\"\\n,\"\"q\"\"\","), "{csv}");
+    }
+
+    /// Number of cells of an RFC 4180 record (quoted commas do not count).
+    fn csv_cells(line: &str) -> usize {
+        let mut quoted = false;
+        1 + line
+            .chars()
+            .filter(|&c| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                c == ',' && !quoted
+            })
+            .count()
+    }
+
     #[test]
     #[ignore = "prints the sample dumps for eyeballing: cargo test --lib show_sample -- --ignored --nocapture"]
     fn show_sample() {
