@@ -8,6 +8,7 @@ use std::time::Duration;
 use dmabufd::aidl::vendor::dmabuf::{MemoryReport::MemoryReport, ProcessMemory::ProcessMemory};
 use dmabufd::client::{heap_kind_name, Allocator};
 use dmabufd::config::parse_size;
+use dmabufd::report::escape::escape;
 
 const USAGE: &str = "usage: dmabufctl [--rpc PATH] COMMAND
   heaps                                      list heaps, limits and usage
@@ -184,7 +185,7 @@ fn print_json(v: &serde_json::Value) -> Result<(), String> {
 fn print_process(m: &ProcessMemory) {
     println!(
         "{}:{} uid {}  rss {} kB  pss {} kB  hwm {} kB",
-        m.name,
+        escape(&m.name),
         m.pid,
         m.uid,
         m.rssBytes / 1024,
@@ -192,7 +193,7 @@ fn print_process(m: &ProcessMemory) {
         m.hwmBytes / 1024
     );
     if !m.readable {
-        println!("  unreadable: {}", m.error);
+        println!("  unreadable: {}", escape(&m.error));
     }
     for b in &m.buffers {
         let owner = if b.ownerUid < 0 {
@@ -204,8 +205,8 @@ fn print_process(m: &ProcessMemory) {
             "  ino {:<8} {:>10} kB  {:<12} {:<32} fds {} maps {} procs {}  owner {owner}",
             b.inode,
             b.size / 1024,
-            b.exporter,
-            b.name,
+            escape(&b.exporter),
+            escape(&b.name),
             b.fdRefs,
             b.mapRefs,
             b.sharedWith

@@ -3,6 +3,7 @@
 //! (the same data, field for field), and the text dump ([`text`]).
 
 pub mod dump_args;
+pub mod escape;
 pub mod text;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -239,7 +240,8 @@ pub fn proto_bytes(a: &Accounting) -> Vec<u8> {
 /// the text/CSV report. `accounting` is only called when a report is wanted.
 pub fn dump_output<S: AsRef<str>>(args: &[S], accounting: impl FnOnce() -> Accounting) -> Vec<u8> {
     match dump_args::parse(args) {
-        Err(e) => format!("error: {e}\n").into_bytes(),
+        // The message quotes the arguments: escaped, it stays one line.
+        Err(e) => format!("error: {}\n", escape::escape(&e.to_string())).into_bytes(),
         Ok(DumpRequest::Help) => dump_args::HELP.as_bytes().to_vec(),
         Ok(DumpRequest::Proto) => proto_bytes(&accounting()),
         Ok(DumpRequest::Text { view, csv, pid }) => {
@@ -486,6 +488,9 @@ mod tests {
         let bad = String::from_utf8(dump_output(&["-x"], || unreachable!())).unwrap();
         assert_eq!(bad.lines().count(), 1);
         assert!(bad.starts_with("error: unknown argument '-x'"));
+        let forged = String::from_utf8(dump_output(&["-x\nPID 1"], || unreachable!())).unwrap();
+        assert_eq!(forged.lines().count(), 1, "{forged}");
+        assert!(forged.contains("'-x\\nPID 1'"), "{forged}");
         let help = dump_output(&["--help"], || unreachable!());
         assert_eq!(help, dump_args::HELP.as_bytes());
         let proto = dump_output(&["--proto"], accounting);

@@ -9,6 +9,7 @@
 
 use crate::accounting::{Accounting, Owner, ProcessFigures, Total};
 use crate::report::dump_args::View;
+use crate::report::escape::{csv_quote, escape};
 
 const OWNER_TOTALS_TITLE: &str = "\nOwner totals (buffers by the uid that allocated them):\n";
 
@@ -22,6 +23,8 @@ enum Align {
 }
 
 /// A table drawn as aligned columns (text) or comma-separated values (CSV).
+/// Titles and cells may hold untrusted strings: the table escapes them
+/// ([`escape`]), so callers pass them raw.
 struct Table {
     cols: Vec<(String, Align)>,
     rows: Vec<Vec<String>>,
@@ -32,7 +35,10 @@ struct Table {
 impl Table {
     fn new(cols: &[(&str, Align)], sep: &'static str) -> Table {
         Table {
-            cols: cols.iter().map(|(t, a)| (t.to_string(), *a)).collect(),
+            cols: cols
+                .iter()
+                .map(|(t, a)| (escape(t).into_owned(), *a))
+                .collect(),
             rows: Vec::new(),
             sep,
         }
@@ -40,7 +46,8 @@ impl Table {
 
     fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.cols.len());
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(|c| escape(&c).into_owned()).collect());
     }
 
     fn widths(&self) -> Vec<usize> {
@@ -100,19 +107,12 @@ impl Table {
     }
 }
 
+/// One CSV record of cells [`Table`] already escaped.
 fn csv_line<'a>(cells: impl IntoIterator<Item = &'a str>) -> String {
-    let cells: Vec<String> = cells.into_iter().map(csv_cell).collect();
+    let cells: Vec<String> = cells.into_iter().map(csv_quote).collect();
     let mut l = cells.join(",");
     l.push('\n');
     l
-}
-
-fn csv_cell(c: &str) -> String {
-    if c.contains([',', '"', '\n']) {
-        format!("\"{}\"", c.replace('"', "\"\""))
-    } else {
-        c.to_string()
-    }
 }
 
 fn kb(bytes: u64) -> u64 {
@@ -139,8 +139,14 @@ fn owner_cells(owner: &Option<Owner>) -> [String; 3] {
     }
 }
 
+/// `<comm>:<pid>`, raw: for table cells and titles (the table escapes).
 fn proc_label(p: &ProcessFigures) -> String {
     format!("{}:{}", p.name, p.pid)
+}
+
+/// [`proc_label`] escaped, for lines drawn outside a table.
+fn proc_line_label(p: &ProcessFigures) -> String {
+    escape(&proc_label(p)).into_owned()
 }
 
 /// Draws the dump for `view`. `pid` limits the per-process view and `-a`
@@ -151,12 +157,16 @@ pub fn render(a: &Accounting, view: View, csv: bool, pid: Option<i32>) -> String
             return format!("No such process: {pid}\n");
         };
         if let Some(e) = &p.error {
-            return format!("{}: unreadable: {e}\n", proc_label(p));
+            return format!(
+                "{}: unreadable: {}\n",
+                proc_line_label(p),
+                escape(&e.to_string())
+            );
         }
         if p.buffers.is_empty() {
             return format!(
                 "{}: no DMA-BUF buffers referenced (rss 0 kB, hwm {})\n",
-                proc_label(p),
+                proc_line_label(p),
                 kb_text(p.hwm)
             );
         }
@@ -282,7 +292,7 @@ fn per_process(a: &Accounting, csv: bool, only: Option<i32>, out: &mut String) {
             String::new(),
             String::new(),
         ]);
-        out.push_str(&format!("{}\n", proc_label(p)));
+        out.push_str(&format!("{}\n", proc_line_label(p)));
         out.push_str(&t.text());
         out.push_str(&format!("uid: {}  rss hwm: {}\n", p.uid, kb_text(p.hwm)));
         out.push_str(&"-".repeat(t.text_width()));
@@ -503,7 +513,12 @@ fn unreadable_section(a: &Accounting, csv: bool, out: &mut String) {
     ));
     for p in bad {
         let reason = p.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-        out.push_str(&format!("  {} uid {}: {reason}\n", proc_label(p), p.uid));
+        out.push_str(&format!(
+            "  {} uid {}: {}\n",
+            proc_line_label(p),
+            p.uid,
+            escape(&reason)
+        ));
     }
 }
 
@@ -722,7 +737,7 @@ mod tests {
         let b_csv = render(&a, View::PerBuffer, true, None);
         assert!(b_csv.starts_with("Dmabuf Inode,Size(bytes),Exporter Name,Name,nr_procs,Owner\n17,1048576,system,preview,2,10001/camera:100\n"));
         assert!(b_csv.contains("\nTotal DMA-BUF count,Total DMA-BUF size(bytes),Unreferenced size(bytes)\n2,1056768,0\n"));
-        assert_eq!(csv_cell("a,b\"c"), "\"a,b\"\"c\"");
+        assert_eq!(csv_quote("a,b\"c"), "\"a,b\"\"c\"");
     }
 
     /// Untrusted strings (command names, buffer names) cannot forge lines
@@ -764,7 +779,7 @@ mod tests {
         assert!(out.contains("s\\nPID 2:300 uid 10003"), "{out}");
         let csv = render(&bad, View::PerProcess, true, None);
         assert!(
-            csv.contains("\n\"a\\nPID 1 x\",100,10001,\"x\\nino:\\t1\\r\\n\","),
+            csv.contains("\na\\nPID 1 x,100,10001,x\\nino:\\t1\\r\\n,1024,"),
             "{csv}"
         );
         assert!(csv.contains(",\"\\n,\"\"q\"\"\","), "{csv}");
