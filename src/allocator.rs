@@ -76,12 +76,20 @@ pub type Reclaim = Box<dyn Fn() + Send + Sync>;
 /// cannot turn every refused request into a full scan.
 pub const RECLAIM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Where the memory guard reads `/proc/meminfo` text from (a test injects
+/// its own).
+pub type MeminfoSource = Box<dyn Fn() -> std::io::Result<String> + Send + Sync>;
+
+/// The file the memory guard reads.
+pub const MEMINFO: &str = "/proc/meminfo";
+
 pub struct Allocator {
     heaps: Vec<Box<dyn Heap>>,
     config: Config,
     registry: Arc<Registry>,
     reclaim: std::sync::OnceLock<Reclaim>,
     last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
+    meminfo: MeminfoSource,
 }
 
 impl Allocator {
@@ -92,7 +100,15 @@ impl Allocator {
             registry,
             reclaim: std::sync::OnceLock::new(),
             last_reclaim: std::sync::Mutex::new(None),
+            meminfo: Box::new(|| std::fs::read_to_string(MEMINFO)),
         }
+    }
+
+    /// Reads the memory guard's meminfo text from `source` instead of
+    /// [`MEMINFO`].
+    pub fn with_meminfo(mut self, source: MeminfoSource) -> Allocator {
+        self.meminfo = source;
+        self
     }
 
     /// Installs the quota reclaim hook (once; later calls are ignored).
@@ -277,7 +293,7 @@ impl Allocator {
         };
         let max = self.config.max_size(heap.name());
         let size = checked_size(req.size, max, heap.name())?;
-        check_memory(size)?;
+        check_memory((self.meminfo)().ok().as_deref(), size)?;
         let reservation = self.reserve(caller, size)?;
         let fd = match heap.allocate(size, name) {
             Ok(fd) => fd,
@@ -374,8 +390,8 @@ fn checked_size(size: i64, max: u64, heap: &str) -> Result<u64> {
 
 /// Refuses what memory cannot hold before the kernel sees it: the system
 /// heap does not fail such requests cleanly, the OOM killer acts instead.
-fn check_memory(size: u64) -> Result<()> {
-    let Some(avail) = mem_available() else {
+fn check_memory(meminfo: Option<&str>, size: u64) -> Result<()> {
+    let Some(avail) = meminfo.and_then(mem_available) else {
         return Ok(());
     };
     if size > avail {
@@ -387,9 +403,8 @@ fn check_memory(size: u64) -> Result<()> {
     Ok(())
 }
 
-/// MemAvailable from /proc/meminfo, in bytes.
-pub fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+/// MemAvailable from /proc/meminfo text, in bytes.
+pub fn mem_available(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
