@@ -583,6 +583,126 @@ mod tests {
         assert!(e.message.len() < 200);
     }
 
+    /// /proc/meminfo text of a machine with `total` and `avail` bytes.
+    fn meminfo(total: u64, avail: u64) -> MeminfoSource {
+        let text = format!(
+            "MemTotal:       {} kB\nMemFree:        {} kB\nMemAvailable:   {} kB\n",
+            total >> 10,
+            avail >> 10,
+            avail >> 10
+        );
+        Box::new(move || Ok(text.clone()))
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// A memfd heap whose allocations wait for `gate` to open, so requests
+    /// stay in flight together.
+    struct GatedHeap {
+        inner: MemfdHeap,
+        gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl Heap for GatedHeap {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn kind(&self) -> HeapKind {
+            self.inner.kind()
+        }
+        fn allocate(&self, size: u64, name: &str) -> std::io::Result<OwnedFd> {
+            let (open, cv) = &*self.gate;
+            let mut g = open.lock().unwrap();
+            while !*g {
+                g = cv.wait(g).unwrap();
+            }
+            drop(g);
+            self.inner.allocate(size, name)
+        }
+    }
+
+    /// Eight 200 MiB requests on a 1 GiB machine with 1 GiB available:
+    /// each fits, together they do not. With the 64 MiB margin 960 MiB may
+    /// be in flight: four pass, the other four are refused while the first
+    /// four are still in the heap.
+    #[test]
+    fn eight_concurrent_requests_that_each_fit_but_together_do_not_the_excess_are_refused() {
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let heaps: Vec<Box<dyn Heap>> = vec![Box::new(GatedHeap {
+            inner: MemfdHeap::new("system"),
+            gate: gate.clone(),
+        })];
+        let config = Config::parse("[quota]\ndefault_bytes = \"64G\"").unwrap();
+        let a = Allocator::new(heaps, config, Arc::new(Registry::new()))
+            .with_meminfo(meminfo(1 << 30, 1 << 30));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let (a, tx) = (&a, tx.clone());
+                s.spawn(move || {
+                    let name = format!("r{i}");
+                    let r = a.allocate(ME, &req("system", (200 * MIB) as i64, &name, 0));
+                    tx.send(r.map(|b| b.size)).unwrap();
+                });
+            }
+            // The refused ones answer while the others wait in the heap.
+            let mut early = Vec::new();
+            while early.len() < 4 {
+                match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+                    Ok(r) => early.push(r),
+                    Err(_) => break,
+                }
+            }
+            *gate.0.lock().unwrap() = true;
+            gate.1.notify_all();
+            assert_eq!(early.len(), 4, "requests refused before the heap answered");
+            for r in &early {
+                let e = r.as_ref().unwrap_err();
+                assert_eq!(e.kind, Kind::NoMemory, "{e}");
+                assert!(e.message.contains("in flight"), "{e}");
+            }
+        });
+        drop(tx);
+        let late: Vec<_> = rx.iter().collect();
+        assert_eq!(late.len(), 4);
+        assert!(late
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|&s| s == 200 * MIB)));
+        // Nothing is in flight any more: one more request fits again.
+        gate.0.lock().map(|mut g| *g = true).unwrap();
+        assert!(a
+            .allocate(ME, &req("system", (200 * MIB) as i64, "", 0))
+            .is_ok());
+    }
+
+    #[test]
+    fn the_memory_guard_keeps_a_margin_and_fails_closed() {
+        // 8 GiB machine: the margin is 5% (409 MiB) rather than 64 MiB.
+        let a = alloc_with(Config::parse("[heaps]\ndefault_max_size = \"4G\"").unwrap())
+            .with_meminfo(meminfo(8 << 30, 1 << 30));
+        let e = a
+            .allocate(ME, &req("system", (700 * MIB) as i64, "", 0))
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::NoMemory, "{e}");
+        assert!(e.message.contains("margin"), "{e}");
+        assert!(a
+            .allocate(ME, &req("system", (600 * MIB) as i64, "", 0))
+            .is_ok());
+        // Unreadable or unparsable meminfo: refuse, saying why.
+        let a = alloc_with(Config::default()).with_meminfo(Box::new(|| {
+            Err(std::io::Error::from_raw_os_error(nix::libc::EACCES))
+        }));
+        let e = a.allocate(ME, &req("system", 4096, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::NoMemory, "{e}");
+        assert!(e.message.contains("/proc/meminfo"), "{e}");
+        assert_eq!(a.registry().usage_of(ME.uid), Usage::default());
+        let a =
+            alloc_with(Config::default()).with_meminfo(Box::new(|| Ok("MemTotal: 1 kB\n".into())));
+        let e = a.allocate(ME, &req("system", 4096, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::NoMemory, "{e}");
+        assert!(e.message.contains("MemAvailable"), "{e}");
+    }
+
     #[test]
     fn more_than_memory_is_no_memory_before_the_kernel() {
         let a = alloc_with(Config::parse("[heaps]\ndefault_max_size = \"64T\"").unwrap());

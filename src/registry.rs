@@ -257,6 +257,29 @@ mod tests {
         assert!(reg.reserve(8, 8192, limit).is_ok());
     }
 
+    /// A panic between reserve and commit (here: in another thread) must
+    /// not leak the reservation's quota.
+    #[test]
+    fn a_reservation_dropped_without_commit_or_cancel_releases_its_quota() {
+        let reg = Registry::new();
+        let limit = Usage {
+            bytes: 8192,
+            count: 1,
+        };
+        std::thread::scope(|s| {
+            let r = s.spawn(|| {
+                let _r = reg.reserve(7, 4096, limit).unwrap();
+                panic!("allocation code panicked mid-way");
+            });
+            assert!(r.join().is_err());
+        });
+        assert_eq!(reg.usage_of(7), Usage::default(), "quota leaked");
+        // The full quota is there again.
+        let r = reg.reserve(7, 8192, limit).expect("quota whole again");
+        drop(r);
+        assert_eq!(reg.usage_of(7), Usage::default());
+    }
+
     #[test]
     fn remove_freed_and_totals() {
         let reg = Registry::new();
