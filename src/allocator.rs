@@ -90,6 +90,27 @@ pub struct Allocator {
     reclaim: std::sync::OnceLock<Reclaim>,
     last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
     meminfo: MeminfoSource,
+    /// Bytes of requests between the memory guard and the heap's answer.
+    in_flight: std::sync::Mutex<u64>,
+}
+
+/// The memory guard keeps this much of MemAvailable free at least ...
+pub const MEMORY_MARGIN_MIN: u64 = 64 << 20;
+/// ... or this share of MemTotal (1/20 = 5%) when that is more.
+pub const MEMORY_MARGIN_TOTAL_DIVISOR: u64 = 20;
+
+/// The bytes of one request counted as in flight by the memory guard until
+/// dropped (once the heap answered).
+struct InFlight<'a> {
+    counter: &'a std::sync::Mutex<u64>,
+    bytes: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut n = self.counter.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(self.bytes);
+    }
 }
 
 impl Allocator {
@@ -101,6 +122,7 @@ impl Allocator {
             reclaim: std::sync::OnceLock::new(),
             last_reclaim: std::sync::Mutex::new(None),
             meminfo: Box::new(|| std::fs::read_to_string(MEMINFO)),
+            in_flight: std::sync::Mutex::new(0),
         }
     }
 
@@ -134,7 +156,30 @@ impl Allocator {
         true
     }
 
-    fn reserve(&self, caller: Caller, size: u64) -> Result<crate::registry::Reservation> {
+    /// The memory guard: counts `size` as in flight if it fits, with every
+    /// other request in flight, below MemAvailable less the margin
+    /// ([`check_memory`]). Reads meminfo under the lock, so two requests
+    /// never both count on the same free memory. Fails closed.
+    fn reserve_memory(&self, size: u64) -> Result<InFlight<'_>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let text = (self.meminfo)().map_err(|e| {
+            Error::new(
+                Kind::NoMemory,
+                format!(
+                    "cannot read {MEMINFO} ({e}) to check that {size} bytes fit in memory; \
+                     allocations are refused until it is readable"
+                ),
+            )
+        })?;
+        check_memory(&text, *in_flight, size)?;
+        *in_flight += size;
+        Ok(InFlight {
+            counter: &self.in_flight,
+            bytes: size,
+        })
+    }
+
+    fn reserve(&self, caller: Caller, size: u64) -> Result<crate::registry::Reservation<'_>> {
         let quota = self.config.quota_for(caller.uid);
         let limit = Usage {
             bytes: quota.bytes,
@@ -293,9 +338,13 @@ impl Allocator {
         };
         let max = self.config.max_size(heap.name());
         let size = checked_size(req.size, max, heap.name())?;
-        check_memory((self.meminfo)().ok().as_deref(), size)?;
+        let in_flight = self.reserve_memory(size)?;
         let reservation = self.reserve(caller, size)?;
-        let fd = match heap.allocate(size, name) {
+        let allocated = heap.allocate(size, name);
+        // The kernel has answered: the bytes show in MemAvailable now, or
+        // were never taken.
+        drop(in_flight);
+        let fd = match allocated {
             Ok(fd) => fd,
             Err(e) => {
                 self.registry.cancel(reservation);
@@ -390,24 +439,52 @@ fn checked_size(size: i64, max: u64, heap: &str) -> Result<u64> {
 
 /// Refuses what memory cannot hold before the kernel sees it: the system
 /// heap does not fail such requests cleanly, the OOM killer acts instead.
-fn check_memory(meminfo: Option<&str>, size: u64) -> Result<()> {
-    let Some(avail) = meminfo.and_then(mem_available) else {
-        return Ok(());
+///
+/// A request fits when it and every request still in flight (`in_flight`:
+/// passed this check, heap not yet answered) stay within MemAvailable less
+/// a margin of max(64 MiB, 5% of MemTotal), the memory left for everything
+/// else on the machine. Fails closed: meminfo without MemAvailable or
+/// MemTotal refuses.
+pub fn check_memory(meminfo: &str, in_flight: u64, size: u64) -> Result<()> {
+    let field = |name: &str| {
+        meminfo_kb(meminfo, name).ok_or_else(|| {
+            Error::new(
+                Kind::NoMemory,
+                format!(
+                    "{MEMINFO} has no readable {name}: line, so {size} bytes cannot be \
+                     checked against free memory; allocations are refused"
+                ),
+            )
+        })
     };
-    if size > avail {
+    let avail = field("MemAvailable")?;
+    let total = field("MemTotal")?;
+    let margin = MEMORY_MARGIN_MIN.max(total / MEMORY_MARGIN_TOTAL_DIVISOR);
+    let room = avail.saturating_sub(margin);
+    if in_flight.saturating_add(size) > room {
         return Err(Error::new(
             Kind::NoMemory,
-            format!("size {size} exceeds the {avail} bytes of memory available"),
+            format!(
+                "size {size} with {in_flight} bytes of other requests in flight exceeds the \
+                 {avail} bytes of memory available less a margin of {margin} bytes \
+                 (max(64 MiB, 5% of MemTotal)); at most {} bytes fit now",
+                room.saturating_sub(in_flight)
+            ),
         ));
     }
     Ok(())
 }
 
+/// A `Name:   123 kB` field of /proc/meminfo text, in bytes.
+fn meminfo_kb(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.split(':').next() == Some(name))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
 /// MemAvailable from /proc/meminfo text, in bytes.
 pub fn mem_available(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    meminfo_kb(text, "MemAvailable")
 }
 
 fn kernel_error(e: std::io::Error, heap: &str, size: u64) -> Error {

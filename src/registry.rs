@@ -58,13 +58,36 @@ pub struct Registry {
 }
 
 /// A reservation of quota for an allocation in flight. Call
-/// [`Registry::commit`] with it once the buffer exists, or drop it through
-/// [`Registry::cancel`] when the allocation failed.
-#[derive(Debug)]
+/// [`Registry::commit`] with it once the buffer exists, or
+/// [`Registry::cancel`] when the allocation failed. Dropped any other way
+/// (an early return, a panic between reserve and commit) it releases the
+/// quota itself, so nothing stays charged for a buffer that never came.
 #[must_use]
-pub struct Reservation {
+pub struct Reservation<'a> {
+    registry: &'a Registry,
     uid: u32,
     bytes: u64,
+    /// Set once commit or cancel released it.
+    released: bool,
+}
+
+impl std::fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("uid", &self.uid)
+            .field("bytes", &self.bytes)
+            .field("released", &self.released)
+            .finish()
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            let mut inner = self.registry.lock();
+            release_locked(&mut inner, self);
+        }
+    }
 }
 
 impl Registry {
@@ -85,7 +108,7 @@ impl Registry {
 
     /// Reserves `bytes` (one buffer) for `uid` if that stays within
     /// `limit`; otherwise returns the usage that made it fail.
-    pub fn reserve(&self, uid: u32, bytes: u64, limit: Usage) -> Result<Reservation, Usage> {
+    pub fn reserve(&self, uid: u32, bytes: u64, limit: Usage) -> Result<Reservation<'_>, Usage> {
         let mut inner = self.lock();
         let used = usage_locked(&inner, uid);
         if used.bytes.saturating_add(bytes) > limit.bytes || used.count + 1 > limit.count {
@@ -94,19 +117,26 @@ impl Registry {
         let p = inner.pending.entry(uid).or_default();
         p.bytes += bytes;
         p.count += 1;
-        Ok(Reservation { uid, bytes })
+        Ok(Reservation {
+            registry: self,
+            uid,
+            bytes,
+            released: false,
+        })
     }
 
     /// Releases a reservation whose allocation failed.
-    pub fn cancel(&self, r: Reservation) {
+    pub fn cancel(&self, mut r: Reservation<'_>) {
         let mut inner = self.lock();
         release_locked(&mut inner, &r);
+        r.released = true;
     }
 
     /// Turns a reservation into a live record.
-    pub fn commit(&self, r: Reservation, record: BufferRecord) {
+    pub fn commit(&self, mut r: Reservation<'_>, record: BufferRecord) {
         let mut inner = self.lock();
         release_locked(&mut inner, &r);
+        r.released = true;
         if let Some(old) = inner.buffers.insert(record.inode, record) {
             // The inode was recycled: the old buffer is gone.
             log::debug!(
@@ -184,7 +214,7 @@ fn usage_locked(inner: &Inner, uid: u32) -> Usage {
     u
 }
 
-fn release_locked(inner: &mut Inner, r: &Reservation) {
+fn release_locked(inner: &mut Inner, r: &Reservation<'_>) {
     if let Some(p) = inner.pending.get_mut(&r.uid) {
         p.bytes = p.bytes.saturating_sub(r.bytes);
         p.count = p.count.saturating_sub(1);
