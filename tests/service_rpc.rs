@@ -503,3 +503,80 @@ fn oneway_transactions_of_two_way_methods_are_refused_and_change_nothing() {
     // Two-way calls on the same connection are served as before.
     assert!(a.allocate("system", 4096, "two-way").is_ok());
 }
+
+/// Runs `dmabufd --rpc path` (config: `dir/dmabufd.toml`) and returns its
+/// exit status and stderr, or None once it serves on `path` or is still
+/// running after 10 s (then it is killed).
+fn run_service_at(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+) -> Option<(std::process::ExitStatus, String)> {
+    use std::io::Read;
+    let cfg = dir.join("dmabufd.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dmabufd"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--rpc")
+        .arg(path)
+        .env("DMABUFD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Some((status, err));
+        }
+        let serving = std::os::unix::net::UnixStream::connect(path).is_ok();
+        if serving || std::time::Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rpc_path_on_a_regular_file_is_refused_and_the_file_left_intact() {
+    let dir = std::env::temp_dir().join(format!("dmabufd-rpc-path-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("precious.toml");
+    std::fs::write(&file, "keep me\n").unwrap();
+    let r = run_service_at(&dir, &file);
+    assert_eq!(
+        std::fs::read_to_string(&file).ok().as_deref(),
+        Some("keep me\n"),
+        "--rpc deleted or changed a regular file"
+    );
+    let (status, err) = r.expect("dmabufd kept running on a regular file's path");
+    assert!(!status.success());
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("not a socket"),
+        "{err}"
+    );
+    // A directory is refused the same way.
+    let sub = dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let (status, err) = run_service_at(&dir, &sub).expect("dmabufd kept running on a directory");
+    assert!(!status.success() && err.contains("not a socket"), "{err}");
+    assert!(sub.is_dir());
+    // A stale socket (nobody listening) is replaced.
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(
+        run_service_at(&dir, &stale).is_none(),
+        "a stale socket was not replaced"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
