@@ -91,24 +91,64 @@ pub fn connect_kernel(wait: Duration) -> rsbinder::Result<Strong<dyn IDmaBufAllo
     }
 }
 
+/// Removes a socket at `path` that nobody listens on (left by a service
+/// that died). Anything else there is refused, never deleted: a live
+/// socket, and any file that is not a socket (`--rpc /etc/dmabufd.toml`
+/// must not delete the config).
+pub fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket ({}); refusing to replace it: \
+                 pass a free path or the path of a stale dmabufd socket",
+                path.display(),
+                file_type_name(&meta.file_type())
+            ),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is in use by a running service", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+fn file_type_name(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device node"
+    } else {
+        "not a socket"
+    }
+}
+
 /// Serves `binder` over RPC at `path` (fd passing on). Replaces a stale
-/// socket file, creates the directory, and lets any local user connect:
-/// who may do what is decided per call from the peer's uid.
+/// socket (nothing else), creates the directory, and lets any local user
+/// connect: who may do what is decided per call from the peer's uid.
 pub fn serve_rpc(path: &Path, binder: SIBinder) -> std::io::Result<rsbinder::ServerGuard> {
     use std::os::unix::fs::PermissionsExt;
     crate::service::install_oneway_guard();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by a running service", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
+    remove_stale_socket(path)?;
     let guard = rsbinder::serve(Endpoint::unix(path))
         .and_then(|s| s.add(SERVICE_NAME, binder))
         .map(|s| {
