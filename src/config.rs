@@ -307,7 +307,29 @@ mod tests {
                 buffers: DEFAULT_QUOTA_BUFFERS
             }
         );
-        assert!(c.is_privileged(0) && c.is_privileged(1000) && !c.is_privileged(10001));
+        assert!(c.is_privileged(0) && !c.is_privileged(10001));
+    }
+
+    /// 1000 is Android's system uid but the first human user on a Linux
+    /// desktop: privileged by default only on Android, and the config's
+    /// list (when present) is the whole list besides root.
+    #[test]
+    fn uid_1000_is_privileged_by_default_only_on_android() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.is_privileged(1000), cfg!(target_os = "android"));
+        assert_eq!(
+            c.service.privileged_uids,
+            if cfg!(target_os = "android") {
+                vec![1000]
+            } else {
+                vec![]
+            }
+        );
+        let c = Config::parse("[service]\nprivileged_uids = [1000]").unwrap();
+        assert!(c.is_privileged(1000));
+        let c = Config::parse("[service]\nprivileged_uids = [2000]").unwrap();
+        assert!(c.is_privileged(2000) && !c.is_privileged(1000));
+        assert!(c.is_privileged(0), "root always is");
     }
 
     #[test]
