@@ -15,6 +15,13 @@ pub const DEFAULT_MAX_SIZE: u64 = 256 << 20;
 pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
 /// Default per-uid quota: number of live buffers.
 pub const DEFAULT_QUOTA_BUFFERS: u64 = 4096;
+/// Privileged uids besides root when the config has no
+/// `service.privileged_uids`: Android's system uid (1000) on Android; none
+/// elsewhere, where uid 1000 is usually the first human user.
+#[cfg(target_os = "android")]
+pub const DEFAULT_PRIVILEGED_UIDS: &[u32] = &[1000];
+#[cfg(not(target_os = "android"))]
+pub const DEFAULT_PRIVILEGED_UIDS: &[u32] = &[];
 /// Where the service looks for a config when none is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dmabufd.toml";
 
@@ -34,7 +41,8 @@ pub struct ServiceConfig {
     /// Uid/gid to switch to after the heap devices are open (None: stay).
     pub user: Option<u32>,
     pub group: Option<u32>,
-    /// Uids besides root and system (1000) that may read any process's report.
+    /// Uids besides root that may read any process's report and reset any
+    /// hwm ([`DEFAULT_PRIVILEGED_UIDS`] when the config names none).
     pub privileged_uids: Vec<u32>,
     /// Period of the background scan that keeps hwm and the registry current.
     pub scan_interval_ms: u64,
@@ -69,7 +77,7 @@ impl Default for Config {
             service: ServiceConfig {
                 user: None,
                 group: None,
-                privileged_uids: Vec::new(),
+                privileged_uids: DEFAULT_PRIVILEGED_UIDS.to_vec(),
                 scan_interval_ms: 5000,
             },
             heaps: HeapsConfig {
@@ -115,7 +123,9 @@ impl Config {
         if let Some(s) = raw.service {
             c.service.user = s.user;
             c.service.group = s.group.or(s.user);
-            c.service.privileged_uids = s.privileged_uids.unwrap_or_default();
+            if let Some(uids) = s.privileged_uids {
+                c.service.privileged_uids = uids;
+            }
             if let Some(ms) = s.scan_interval_ms {
                 if ms == 0 {
                     return Err(ConfigError("service.scan_interval_ms must be > 0".into()));
@@ -181,9 +191,10 @@ impl Config {
         })
     }
 
-    /// Root, system (1000) and the configured uids may read every process's report.
+    /// Root and the privileged uids (configured, else the platform's
+    /// default) may read every process's report.
     pub fn is_privileged(&self, uid: u32) -> bool {
-        uid == 0 || uid == 1000 || self.service.privileged_uids.contains(&uid)
+        uid == 0 || self.service.privileged_uids.contains(&uid)
     }
 }
 

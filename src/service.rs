@@ -90,9 +90,10 @@ impl DmaBufService {
         Err(Error::new(
             Kind::Permission,
             format!(
-                "{what}: uid {} may not read other processes' memory; allowed: root, system (1000) \
-                 and the config's service.privileged_uids",
-                c.uid
+                "{what}: uid {} may not read other processes' memory; allowed: root and the \
+                 privileged uids {:?} (the config's service.privileged_uids)",
+                c.uid,
+                self.allocator.config().service.privileged_uids
             ),
         ))
     }
