@@ -563,6 +563,26 @@ mod tests {
         assert_eq!(b.name, "system-uncached");
     }
 
+    /// An empty request name names the buffer after its heap; a heap name
+    /// is whatever the device node is called, so it is made a valid buffer
+    /// name (at most 31 bytes, printable) rather than failing every such
+    /// request.
+    #[test]
+    fn the_heap_name_given_to_unnamed_buffers_is_a_valid_buffer_name() {
+        let long = format!("{}é", "h".repeat(30));
+        let heaps: Vec<Box<dyn Heap>> = vec![
+            Box::new(MemfdHeap::new(&long)),
+            Box::new(MemfdHeap::new("tab\theap")),
+        ];
+        let a = Allocator::new(heaps, Config::default(), Arc::new(Registry::new()));
+        let b = a.allocate(ME, &req(&long, 1, "", 0)).unwrap();
+        // 30 bytes: the two-byte 'é' would make 32.
+        assert_eq!(b.name, "h".repeat(30));
+        let b = a.allocate(ME, &req("tab\theap", 1, "", 0)).unwrap();
+        assert_eq!(b.name, "tab_heap");
+        assert_eq!(a.registry().get(b.inode).unwrap().name, "tab_heap");
+    }
+
     #[test]
     fn aliases_resolve() {
         let a = alloc_with(Config::parse("[aliases]\ncamera = \"system\"").unwrap());
