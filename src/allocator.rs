@@ -331,8 +331,10 @@ impl Allocator {
         }
         let heap = self.resolve(req.heap, req.flags)?;
         validate_name(req.name)?;
+        let default_name;
         let name = if req.name.is_empty() {
-            heap.name()
+            default_name = buffer_name_of_heap(heap.name());
+            default_name.as_str()
         } else {
             req.name
         };
@@ -409,6 +411,23 @@ pub fn validate_name(name: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The name an unnamed buffer gets: its heap's name, made valid for
+/// [`validate_name`] (control characters become `_`, cut to 31 bytes on a
+/// character boundary, as libdmabufheap truncates), since a heap is named
+/// after whatever its device node is called.
+fn buffer_name_of_heap(heap: &str) -> String {
+    let mut out = String::new();
+    for c in heap.chars() {
+        let c = if c.is_control() { '_' } else { c };
+        if out.len() + c.len_utf8() > DMA_BUF_NAME_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    debug_assert!(validate_name(&out).is_ok());
+    out
 }
 
 /// A client string as quoted in messages and logs: at most 48 characters,
