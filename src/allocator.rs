@@ -602,6 +602,23 @@ mod tests {
         assert_eq!(a.registry().get(b.inode).unwrap().name, "tab_heap");
     }
 
+    /// An alias named like a real heap would silently send that heap's
+    /// requests elsewhere: the real heap wins, and start-up refuses it.
+    #[test]
+    fn an_alias_never_shadows_a_real_heap() {
+        let heaps: Vec<Box<dyn Heap>> = vec![
+            Box::new(MemfdHeap::new("system")),
+            Box::new(MemfdHeap::new("camera")),
+        ];
+        let config = Config::parse("[aliases]\ncamera = \"system\"").unwrap();
+        let a = Allocator::new(heaps, config, Arc::new(Registry::new()));
+        assert_eq!(
+            a.allocate(ME, &req("camera", 1, "x", 0)).unwrap().heap,
+            "camera"
+        );
+        assert!(a.heaps().iter().all(|h| h.aliases.is_empty()));
+    }
+
     #[test]
     fn aliases_resolve() {
         let a = alloc_with(Config::parse("[aliases]\ncamera = \"system\"").unwrap());
