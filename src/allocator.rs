@@ -232,12 +232,53 @@ impl Allocator {
             heaps.push(Box::new(MemfdHeap::new("system")));
         }
         for (alias, target) in &config.aliases {
-            if !heaps.iter().any(|h| h.name() == target) {
+            if heaps.iter().any(|h| h.name() == alias) {
+                d.notes.push(format!(
+                    "config error: alias {alias} -> {target} is named like the heap {alias}; \
+                     ignored, requests for {alias} go to that heap"
+                ));
+            } else if !heaps.iter().any(|h| h.name() == target) {
                 d.notes
                     .push(format!("alias {alias} -> {target}: no such heap; ignored"));
             }
         }
         (Allocator::new(heaps, config, registry), d)
+    }
+
+    /// [`discover`](Self::discover), refusing a config whose aliases
+    /// shadow a heap: the start-up error names each one.
+    pub fn try_discover(
+        config: Config,
+        registry: Arc<Registry>,
+    ) -> std::result::Result<(Allocator, Discovery), String> {
+        let (a, d) = Self::discover(config, registry);
+        let bad = a.shadowing_aliases();
+        if bad.is_empty() {
+            return Ok((a, d));
+        }
+        Err(format!(
+            "config: {} named like a heap the machine has; an alias must be a new name \
+             for a heap (heaps: {})",
+            bad.iter()
+                .map(|(a, t)| format!("aliases.{a} = {t:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.heaps
+                .iter()
+                .map(|h| h.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    /// Aliases named like a heap (alias, target): ignored, the heap wins.
+    pub fn shadowing_aliases(&self) -> Vec<(String, String)> {
+        self.config
+            .aliases
+            .iter()
+            .filter(|(a, _)| self.heap(a).is_some())
+            .map(|(a, t)| (a.clone(), t.clone()))
+            .collect()
     }
 
     pub fn config(&self) -> &Config {
@@ -265,7 +306,7 @@ impl Allocator {
         self.config
             .aliases
             .iter()
-            .filter(|(_, t)| self.heap(t).is_some())
+            .filter(|(a, t)| self.heap(t).is_some() && self.heap(a).is_none())
             .map(|(a, t)| (a.clone(), t.clone()))
             .collect()
     }
@@ -295,12 +336,16 @@ impl Allocator {
 
     /// Resolves aliases and FLAG_NO_CPU_ACCESS to the heap that serves.
     fn resolve(&self, requested: &str, flags: i32) -> Result<&dyn Heap> {
-        let base = self
-            .config
-            .aliases
-            .get(requested)
-            .map(String::as_str)
-            .unwrap_or(requested);
+        // A heap's own name always means that heap, whatever the aliases say.
+        let base = match self.heap(requested) {
+            Some(_) => requested,
+            None => self
+                .config
+                .aliases
+                .get(requested)
+                .map(String::as_str)
+                .unwrap_or(requested),
+        };
         let Some(heap) = self.heap(base) else {
             return Err(Error::new(
                 Kind::UnknownHeap,
@@ -617,6 +662,32 @@ mod tests {
             "camera"
         );
         assert!(a.heaps().iter().all(|h| h.aliases.is_empty()));
+        assert_eq!(
+            a.shadowing_aliases(),
+            vec![("camera".to_string(), "system".to_string())]
+        );
+        // At start-up it is a config error.
+        let dir = std::env::temp_dir().join(format!("dmabufd-no-heaps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "[heaps]\ndma_heap_dir = {:?}\nudmabuf_device = \"/nonexistent/udmabuf\"\n\
+             [aliases]\nsystem = \"udmabuf\"\n",
+            dir.display().to_string()
+        );
+        let config = Config::parse(&text).unwrap();
+        let e = Allocator::try_discover(config.clone(), Arc::new(Registry::new()))
+            .err()
+            .expect("a shadowing alias was accepted");
+        assert!(
+            e.contains("aliases.system") && e.contains("heaps: system"),
+            "{e}"
+        );
+        let (_, d) = Allocator::discover(config, Arc::new(Registry::new()));
+        assert!(d
+            .notes
+            .iter()
+            .any(|n| n.starts_with("config error: alias system")));
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[test]
