@@ -273,3 +273,71 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
     }
     Ok((msg.bytes, fds))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsFd;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    /// More fds than recv_fds has room for: the kernel truncates the
+    /// control message (MSG_CTRUNC). That is an error, and the fds that did
+    /// arrive are closed: here, every copy of a pipe's write end, so its
+    /// read end sees EOF.
+    #[test]
+    fn truncated_fd_passing_is_an_error_and_closes_what_arrived() {
+        let (a, b) = pair();
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        let copies: Vec<BorrowedFd<'_>> = (0..20).map(|_| w.as_fd()).collect();
+        send_fds(a.as_fd(), b"x", &copies).unwrap();
+        drop(w);
+        let e = recv_fds(b.as_fd(), &mut [0u8; 8]).unwrap_err();
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            nix::unistd::read(r.as_fd(), &mut buf),
+            Ok(0),
+            "a received write end is still open"
+        );
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    /// A short write (here: a non-blocking socket whose buffer fills) does
+    /// not lose the rest of the data: send_fds sends it all, the fds once.
+    #[test]
+    fn short_writes_are_completed() {
+        let (a, b) = pair();
+        let flags = OFlag::from_bits_truncate(fcntl(a.as_fd(), FcntlArg::F_GETFL).unwrap());
+        fcntl(a.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
+        let data = vec![0xabu8; 4 << 20];
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let (mut got, mut fds) = (0usize, 0usize);
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let (n, f) = recv_fds(b.as_fd(), &mut buf).unwrap();
+                if n == 0 {
+                    return (got, fds);
+                }
+                got += n;
+                fds += f.len();
+            }
+        });
+        let (_r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let sent = send_fds(a.as_fd(), &data, &[w.as_fd()]);
+        drop(a);
+        let (got, fds) = reader.join().unwrap();
+        sent.unwrap();
+        assert_eq!((got, fds), (data.len(), 1));
+    }
+}
