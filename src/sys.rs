@@ -238,20 +238,63 @@ impl Drop for Mapping {
     }
 }
 
-/// Sends `fds` with `data` over a Unix stream socket (SCM_RIGHTS).
+/// Sends `fds` with `data` over a Unix stream socket (SCM_RIGHTS). The
+/// fds travel with the first bytes the kernel takes; a short write (a
+/// signal, a full non-blocking socket) is completed, so the peer always
+/// gets all of `data`. Interrupted calls are retried; a full non-blocking
+/// socket is waited on.
 pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let iov = [io::IoSlice::new(data)];
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(errno)?;
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let mut sent = 0;
+    let mut fds_sent = raw.is_empty();
+    while sent < data.len() || !fds_sent {
+        let iov = [io::IoSlice::new(&data[sent..])];
+        let cmsg: &[ControlMessage<'_>] = if fds_sent { &[] } else { &rights };
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(0) if sent < data.len() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("socket took 0 of the {} bytes left", data.len() - sent),
+                ))
+            }
+            Ok(n) => {
+                sent += n;
+                fds_sent = true;
+            }
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait_writable(sock)?,
+            Err(e) => return Err(errno(e)),
+        }
+    }
     Ok(())
 }
 
-/// Receives up to `buf.len()` bytes and the fds sent with them (SCM_RIGHTS).
+fn wait_writable(sock: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        match poll(
+            &mut [PollFd::new(sock, PollFlags::POLLOUT)],
+            PollTimeout::NONE,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// Most fds [`recv_fds`] accepts with one message.
+pub const MAX_RECV_FDS: usize = 16;
+
+/// Receives up to `buf.len()` bytes and the fds sent with them (SCM_RIGHTS,
+/// at most [`MAX_RECV_FDS`]). When the sender sent more fds than that the
+/// kernel truncates the control message (MSG_CTRUNC): that is an error,
+/// and the fds that did arrive are closed rather than leaked.
 pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut cmsg_space = nix::cmsg_space!([RawFd; 16]);
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_RECV_FDS]);
     let mut iov = [io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         sock.as_raw_fd(),
@@ -260,6 +303,17 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .map_err(errno)?;
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        drop(msg);
+        let closed = take_rights(&cmsg_space).len();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "fd passing truncated: the sender sent more than {MAX_RECV_FDS} fds in one \
+                 message; closed the {closed} that arrived"
+            ),
+        ));
+    }
     let mut fds = Vec::new();
     for c in msg.cmsgs().map_err(errno)? {
         if let ControlMessageOwned::ScmRights(raw) = c {
@@ -272,6 +326,40 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
         }
     }
     Ok((msg.bytes, fds))
+}
+
+/// The fds of every SCM_RIGHTS header in a control buffer the kernel filled
+/// (nix will not iterate a truncated one). The buffer starts zeroed, so a
+/// zero length ends the walk where the kernel stopped writing.
+fn take_rights(control: &[u8]) -> Vec<OwnedFd> {
+    use nix::libc::{cmsghdr, SCM_RIGHTS, SOL_SOCKET};
+    const ALIGN: usize = std::mem::size_of::<usize>();
+    let align = |n: usize| n.div_ceil(ALIGN) * ALIGN;
+    let hdr = align(std::mem::size_of::<cmsghdr>());
+    let word = |at: usize, len: usize| control.get(at..at + len);
+    let mut fds = Vec::new();
+    let mut at = 0;
+    while let Some(len_bytes) = word(at, ALIGN) {
+        let len = usize::from_ne_bytes(len_bytes.try_into().unwrap_or([0; ALIGN]));
+        if len < hdr || at + len > control.len() {
+            break;
+        }
+        let int =
+            |off: usize| word(at + off, 4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        let (level, kind) = (int(ALIGN), int(ALIGN + 4));
+        if level == Some(SOL_SOCKET) && kind == Some(SCM_RIGHTS) {
+            for i in 0..(len - hdr) / 4 {
+                if let Some(fd) = int(hdr + 4 * i).filter(|&fd| fd >= 0) {
+                    // SAFETY: the kernel installed this fd into our table
+                    // for this message and wrote its number here; nothing
+                    // else refers to it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        at += align(len);
+    }
+    fds
 }
 
 #[cfg(test)]
