@@ -275,6 +275,8 @@ mod tests {
         assert_eq!(field("CapBnd"), ptrace);
         assert_eq!(field("CapInh"), "0000000000000000");
         assert_eq!(field("CapAmb"), "0000000000000000");
+        // Set by the drop itself, not only by the systemd unit.
+        assert_eq!(field("NoNewPrivs"), "1");
         assert_eq!(
             field("RESULT"),
             "dropped root: now uid 1100 gid 1100, no supplementary groups, keeping CAP_SYS_PTRACE"
@@ -309,6 +311,7 @@ mod tests {
             let key = line.split(':').next().unwrap_or("");
             if [
                 "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
+                "NoNewPrivs",
             ]
             .contains(&key)
             {
