@@ -138,6 +138,9 @@ pub(crate) fn drop_current_thread(uid: u32, gid: u32) -> io::Result<PrivilegeDro
     caps::set(None, CapSet::Permitted, &kept).map_err(caps_err)?;
     caps::set(None, CapSet::Effective, &kept).map_err(caps_err)?;
     caps::securebits::set_keepcaps(false).map_err(caps_err)?;
+    // Nothing this process could exec may gain privileges, whoever started
+    // it (not only under the systemd unit's NoNewPrivileges=).
+    nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;
 
     // Report what the kernel says we hold, not what we asked for.
     if getuid() != u || geteuid() != u || getgid() != g || getegid() != g {
@@ -310,7 +313,14 @@ mod tests {
         for line in status.lines() {
             let key = line.split(':').next().unwrap_or("");
             if [
-                "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
+                "Uid",
+                "Gid",
+                "Groups",
+                "CapInh",
+                "CapPrm",
+                "CapEff",
+                "CapBnd",
+                "CapAmb",
                 "NoNewPrivs",
             ]
             .contains(&key)
