@@ -567,3 +567,134 @@ fn sepolicy_rejects_undeclared_types() {
     assert!(!ok, "checkpolicy accepted an undeclared type");
     assert!(log.contains("no_such_type"), "{log}");
 }
+
+const SYSTEMD_UNIT: &str = "etc/systemd/dmabufd.service";
+
+/// Runs `systemd-analyze verify` on `unit_text` saved as
+/// `<dir>/dmabufd.service`; returns (exit ok, every line it printed).
+fn systemd_verify(dir: &Path, unit_text: &str) -> (bool, String) {
+    fs::create_dir_all(dir).unwrap();
+    let path = dir.join("dmabufd.service");
+    fs::write(&path, unit_text).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The shipped unit, with ExecStart pointing at the dmabufd this test
+/// suite built (verify checks that the binary exists and is executable).
+fn unit_with_built_binary() -> String {
+    let unit = read(SYSTEMD_UNIT);
+    let shipped = "ExecStart=/usr/bin/dmabufd ";
+    assert!(unit.contains(shipped), "{SYSTEMD_UNIT}: no {shipped:?}");
+    unit.replace(
+        shipped,
+        &format!("ExecStart={} ", env!("CARGO_BIN_EXE_dmabufd")),
+    )
+}
+
+/// Lines of `systemd-analyze verify` output about our unit: any is a
+/// finding (an unknown key, a bad value, a missing binary). verify exits 0
+/// on most of them, so its exit code alone proves nothing.
+fn findings(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|l| l.contains("dmabufd.service"))
+        .collect()
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify_without_findings() {
+    require_tool_from("systemd-analyze", "systemd");
+    let dir = std::env::temp_dir().join(format!("dmabufd-unit-{}", std::process::id()));
+    let (ok, out) = systemd_verify(&dir, &unit_with_built_binary());
+    assert!(
+        ok && findings(&out).is_empty(),
+        "systemd-analyze verify:\n{out}"
+    );
+    // The check catches what it is there for: a typo in a key, an unknown
+    // syscall group, a missing binary.
+    for (bad, what) in [
+        ("NoNewPrivileges=yes", "NoNewPrivilege=yes"),
+        (
+            "SystemCallFilter=@system-service",
+            "SystemCallFilter=@sytem-service",
+        ),
+    ] {
+        let unit = unit_with_built_binary().replace(bad, what);
+        let (ok, out) = systemd_verify(&dir, &unit);
+        assert!(
+            !ok || !findings(&out).is_empty(),
+            "{what} went unnoticed:\n{out}"
+        );
+    }
+    let unit = read(SYSTEMD_UNIT).replace("/usr/bin/dmabufd", "/nonexistent/dmabufd");
+    let (ok, out) = systemd_verify(&dir, &unit);
+    assert!(
+        !ok || !findings(&out).is_empty(),
+        "missing binary unnoticed:\n{out}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn systemd_unit_has_the_hardening_the_service_allows() {
+    let unit = read(SYSTEMD_UNIT);
+    let lines: Vec<&str> = content_lines(&unit).collect();
+    for want in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_UNIX",
+        "SystemCallArchitectures=native",
+        "SystemCallErrorNumber=EPERM",
+        "RuntimeDirectory=dmabufd",
+        "LockPersonality=yes",
+        "RestrictRealtime=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectControlGroups=yes",
+        "MemoryDenyWriteExecute=yes",
+        "RestrictNamespaces=yes",
+        "RestrictSUIDSGID=yes",
+    ] {
+        assert!(lines.contains(&want), "{SYSTEMD_UNIT} lacks {want}");
+    }
+    // The syscall filter: the service set, plus bpf() for the BPF holder
+    // tracking; nothing taken away that the job needs.
+    let filter: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .collect();
+    assert_eq!(filter, ["@system-service bpf"], "{SYSTEMD_UNIT}");
+    // What would break it stays out: hiding other processes or the devices.
+    for absent in ["ProtectProc=", "PrivateDevices=", "ProcSubset="] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(absent)),
+            "{SYSTEMD_UNIT}: {absent} would hide what the service reads"
+        );
+    }
+}
+
+/// Like `require_tool`, naming the Debian package that provides it.
+fn require_tool_from(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is needed to check {SYSTEMD_UNIT}; install it with \
+         `apt-get install -y {package}` (tests/run-all.sh does)"
+    );
+}
