@@ -17,8 +17,9 @@ apt_install() {
     fi
 }
 
-# checkpolicy + m4 compile the sepolicy in tests/platform_files.rs.
-apt_install checkpolicy m4
+# checkpolicy + m4 compile the sepolicy in tests/platform_files.rs;
+# systemd provides systemd-analyze, which verifies the systemd unit there.
+apt_install checkpolicy m4 systemd
 
 echo "== lint"
 cargo fmt --check
