@@ -180,6 +180,13 @@ mod tests {
     use super::*;
     use std::process::Command;
 
+    /// Says on stderr, past libtest's capture, that the root part of a test
+    /// did not run.
+    fn skipped(test: &str) {
+        use std::io::Write;
+        let _ = writeln!(io::stderr(), "{test}: skipped: needs root; CI runs as root");
+    }
+
     /// Env var that turns the `child_*` helpers on in a re-executed test binary.
     const CHILD_ENV: &str = "DMABUFD_PRIVILEGES_CHILD";
     const SERVICE_ID: u32 = 1100;
@@ -215,6 +222,7 @@ mod tests {
     fn refuses_root_as_target_or_multithreaded_when_root() {
         if !geteuid().is_root() {
             // The checks below only run as root; as non-root it is a no-op.
+            skipped("refuses_root_as_target_or_multithreaded_when_root");
             let r = drop_privileges(0, 0).unwrap();
             assert!(matches!(r, PrivilegeDrop::NotRoot { .. }));
             return;
@@ -264,6 +272,7 @@ mod tests {
                 .to_string()
         };
         if !geteuid().is_root() {
+            skipped("root_drop_keeps_exactly_sys_ptrace");
             assert!(field("RESULT").starts_with("not started as root"));
             return;
         }

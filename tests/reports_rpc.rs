@@ -181,13 +181,167 @@ fn bad_pids_are_refused_with_their_codes() {
     assert!(e.message().contains(&i32::MAX.to_string()));
 }
 
+/// Env var naming the socket when this test binary is re-executed as an
+/// app by `an_app_uid_may_read_only_its_own_figures`.
+const APP_SOCKET_ENV: &str = "DMABUFD_TEST_APP_SOCKET";
+/// The pid whose figures the app tries to read and reset.
+const APP_VICTIM_ENV: &str = "DMABUFD_TEST_APP_VICTIM";
+
+/// One `CALL <what>: <outcome>` line per call, as the app side prints it.
+fn outcome<T>(r: Result<T, rsbinder::Status>) -> String {
+    match r {
+        Ok(_) => "ok".to_string(),
+        Err(s) => {
+            let e = dmabufd::client::Error::from(s);
+            format!("{:?} {}", e.exception(), e.message())
+        }
+    }
+}
+
+/// App side of `an_app_uid_may_read_only_its_own_figures`: runs as uid
+/// 10001 in a re-executed copy of this binary and prints what each call
+/// gave. Does nothing unless re-executed so.
+#[test]
+#[ignore = "helper: run as an app uid by an_app_uid_may_read_only_its_own_figures"]
+fn app_side_calls() {
+    let (Some(socket), Some(victim)) = (
+        std::env::var_os(APP_SOCKET_ENV),
+        std::env::var(APP_VICTIM_ENV).ok(),
+    ) else {
+        return;
+    };
+    let victim: i32 = victim.parse().unwrap();
+    let a = dmabufd::client::Allocator::connect_rpc(std::path::Path::new(&socket)).unwrap();
+    let s = a.service();
+    let calls: Vec<(&str, String)> = vec![
+        (
+            "getProcessMemory(victim)",
+            outcome(s.getProcessMemory(victim)),
+        ),
+        ("getProcessMemory(1)", outcome(s.getProcessMemory(1))),
+        ("getProcessMemory(0)", outcome(s.getProcessMemory(0))),
+        ("getProcessMemory(-1)", outcome(s.getProcessMemory(-1))),
+        ("getProcessMemory(self)", outcome(s.getProcessMemory(me()))),
+        ("getMemoryReport", outcome(s.getMemoryReport())),
+        (
+            "resetHighWaterMark(victim)",
+            outcome(s.resetHighWaterMark(victim)),
+        ),
+        ("resetHighWaterMark(0)", outcome(s.resetHighWaterMark(0))),
+        ("resetHighWaterMark(-1)", outcome(s.resetHighWaterMark(-1))),
+        (
+            "resetHighWaterMark(self)",
+            outcome(s.resetHighWaterMark(me())),
+        ),
+        ("renderDump()", outcome(s.renderDump(&[]))),
+        (
+            "renderDump(--pid victim)",
+            outcome(s.renderDump(&["--pid".into(), victim.to_string()])),
+        ),
+        (
+            "renderDump(--proto)",
+            outcome(s.renderDump(&["--proto".into()])),
+        ),
+    ];
+    // resetHighWaterMark(0) sent oneway: refused too (no reply to read).
+    let binder = s.as_binder();
+    let remote = binder.as_remote().unwrap();
+    let mut data = remote.prepare_transact(true).unwrap();
+    data.write(&0i32).unwrap();
+    remote
+        .submit_transact(
+            rsbinder::FIRST_CALL_TRANSACTION + 4,
+            &data,
+            rsbinder::FLAG_ONEWAY,
+        )
+        .unwrap();
+    // Leading newline: libtest prints "test <name> ... " without one.
+    println!();
+    for (what, result) in calls {
+        println!("CALL {what}: {result}");
+    }
+}
+
 #[test]
 fn an_app_uid_may_read_only_its_own_figures() {
-    if !common::is_root() {
-        eprintln!("needs root to run a client under an app uid");
+    if !common::needs_root("an_app_uid_may_read_only_its_own_figures") {
         return;
     }
-    let svc = Service::start(CONFIG);
+    let svc = Service::start_logged(CONFIG);
+    let a = svc.connect();
+    // This process (root) has a high-water mark the app must not reset.
+    let held = a.allocate("system", 1 << 20, "victim").unwrap();
+    let hwm = a.process_memory(me()).unwrap().hwmBytes;
+    assert!(hwm >= 1 << 20, "{hwm}");
+    drop(held);
+
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "app_side_calls",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(APP_SOCKET_ENV, &svc.socket)
+        .env(APP_VICTIM_ENV, me().to_string())
+        .uid(10001)
+        .gid(10001)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "app side failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let call = |what: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("CALL {what}: ")))
+            .unwrap_or_else(|| panic!("the app printed no {what}: {stdout}"))
+            .to_string()
+    };
+    // Each refusal is EX_SECURITY naming what is allowed, not any failure.
+    for what in [
+        "getProcessMemory(victim)",
+        "getProcessMemory(1)",
+        "getMemoryReport",
+        "resetHighWaterMark(victim)",
+        "resetHighWaterMark(0)",
+        "renderDump()",
+        "renderDump(--pid victim)",
+        "renderDump(--proto)",
+    ] {
+        let r = call(what);
+        assert!(r.starts_with("Security "), "{what}: {r}");
+        assert!(
+            r.contains("uid 10001 may not read other processes' memory")
+                && r.contains("allowed: root and the privileged uids"),
+            "{what}: {r}"
+        );
+    }
+    for what in ["getProcessMemory(0)", "getProcessMemory(-1)"] {
+        let r = call(what);
+        assert!(
+            r.starts_with("IllegalArgument ") && r.contains("pass a pid > 0"),
+            "{what}: {r}"
+        );
+    }
+    let r = call("resetHighWaterMark(-1)");
+    assert!(r.starts_with("IllegalArgument "), "{r}");
+    assert_eq!(call("getProcessMemory(self)"), "ok");
+    assert_eq!(call("resetHighWaterMark(self)"), "ok");
+    svc.wait_for_log("oneway transaction of resetHighWaterMark refused (uid 10001");
+    // Nothing the app sent reset this process's high-water mark.
+    // (A reset would bring it down to the current rss, 0 MiB here.)
+    let after = a.process_memory(me()).unwrap();
+    assert!(
+        after.hwmBytes >= hwm,
+        "the app reset another process's hwm: {after:?}"
+    );
+
+    // dmabufctl as the app: the refusal itself, not just a failed command.
     let as_app = |args: &[&str]| {
         svc.ctl()
             .args(args)
@@ -198,17 +352,19 @@ fn an_app_uid_may_read_only_its_own_figures() {
             .output()
             .unwrap()
     };
-    let out = as_app(&["report", "--pid", "1"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("may not read") && err.contains("Security"),
-        "{err}"
-    );
-    let out = as_app(&["report", "--json"]);
-    assert!(!out.status.success());
-    let out = as_app(&["dump"]);
-    assert!(!out.status.success());
+    for args in [
+        &["report", "--pid", "1"][..],
+        &["report", "--json"],
+        &["dump"],
+    ] {
+        let out = as_app(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("may not read other processes' memory") && err.contains("(Security)"),
+            "{args:?}: {err}"
+        );
+    }
     // Root (privileged) sees everyone, as JSON too.
     let out = svc.ctl().args(["report", "--json"]).output().unwrap();
     assert!(out.status.success());

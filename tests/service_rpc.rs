@@ -285,8 +285,7 @@ fn dmabufctl_finds_the_service_and_reports_refusals_with_non_zero_exit() {
 
 #[test]
 fn owner_uid_is_the_calling_process_uid() {
-    if !common::is_root() {
-        eprintln!("needs root to run a client under another uid");
+    if !common::needs_root("owner_uid_is_the_calling_process_uid") {
         return;
     }
     use std::os::unix::process::CommandExt;

@@ -223,3 +223,18 @@ pub fn pass_to_viewer(svc: &Service, buf: &dmabufd::client::DmaBuffer) -> (Child
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Whether a test that runs clients under other uids can run. When not
+/// root it says so on stderr, past libtest's output capture (a skipped test
+/// still shows as "ok" there), and the test returns. CI runs as root.
+pub fn needs_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped: needs root (to run clients under app uids); run the host tests as root, as CI does"
+    );
+    false
+}
