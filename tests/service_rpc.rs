@@ -510,9 +510,18 @@ fn run_service_at(
     dir: &std::path::Path,
     path: &std::path::Path,
 ) -> Option<(std::process::ExitStatus, String)> {
+    run_service_with(CONFIG, dir, path)
+}
+
+/// [`run_service_at`] with the config `config`.
+fn run_service_with(
+    config: &str,
+    dir: &std::path::Path,
+    path: &std::path::Path,
+) -> Option<(std::process::ExitStatus, String)> {
     use std::io::Read;
     let cfg = dir.join("dmabufd.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, config).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dmabufd"))
         .arg("--config")
         .arg(&cfg)
@@ -576,6 +585,26 @@ fn rpc_path_on_a_regular_file_is_refused_and_the_file_left_intact() {
     assert!(
         run_service_at(&dir, &stale).is_none(),
         "a stale socket was not replaced"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_alias_named_like_a_heap_is_a_start_up_error() {
+    let dir = std::env::temp_dir().join(format!("dmabufd-alias-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // "system" is always a heap (a kernel one, else the memfd fallback).
+    let r = run_service_with(
+        "[aliases]\nsystem = \"udmabuf\"\n",
+        &dir,
+        &dir.join("dmabufd.sock"),
+    );
+    let (status, err) = r.expect("dmabufd started with an alias shadowing the system heap");
+    assert!(!status.success());
+    assert!(
+        err.contains("aliases.system") && err.contains("named like a heap"),
+        "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
