@@ -98,14 +98,66 @@ impl Default for Config {
 
 impl Config {
     /// Loads `path`, or the default path when it exists, or the defaults.
+    /// Aliases are checked against the heaps this machine has
+    /// ([`check_aliases`](Self::check_aliases)).
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        match path {
-            Some(p) => Self::from_file(p),
+        let c = match path {
+            Some(p) => Self::from_file(p)?,
             None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))
+                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))?
             }
-            None => Ok(Config::default()),
+            None => Config::default(),
+        };
+        c.check_aliases(&c.machine_heap_names())
+            .map_err(|e| match &c.source {
+                Some(p) => ConfigError(format!("{}: {}", p.display(), e.0)),
+                None => e,
+            })?;
+        Ok(c)
+    }
+
+    /// The heap names the service will serve here, as discovery names them
+    /// (without opening anything): every character device in
+    /// `heaps.dma_heap_dir`, `udmabuf` when its device exists, and
+    /// `system` (a kernel heap, else the memfd fallback).
+    pub fn machine_heap_names(&self) -> std::collections::BTreeSet<String> {
+        use std::os::unix::fs::FileTypeExt;
+        let mut names: std::collections::BTreeSet<String> =
+            std::fs::read_dir(&self.heaps.dma_heap_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().map(|t| t.is_char_device()).unwrap_or(false))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+        if self.heaps.udmabuf_device.exists() {
+            names.insert(crate::heap::udmabuf::UDMABUF_HEAP_NAME.to_string());
         }
+        names.insert("system".to_string());
+        names
+    }
+
+    /// Refuses aliases named like one of `heaps`: such an alias would send
+    /// that heap's requests elsewhere.
+    pub fn check_aliases(
+        &self,
+        heaps: &std::collections::BTreeSet<String>,
+    ) -> Result<(), ConfigError> {
+        let bad: Vec<String> = self
+            .aliases
+            .iter()
+            .filter(|(a, _)| heaps.contains(*a))
+            .map(|(a, t)| format!("aliases.{a} = {t:?}"))
+            .collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError(format!(
+            "{} named like a heap this machine has; an alias must be a new name for a heap \
+             (heaps: {})",
+            bad.join(", "),
+            heaps.iter().cloned().collect::<Vec<_>>().join(", ")
+        )))
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -380,6 +432,19 @@ mod tests {
             }
         );
         assert_eq!(c.heaps.dma_heap_dir, PathBuf::from("/tmp/heaps"));
+    }
+
+    #[test]
+    fn aliases_named_like_a_heap_are_refused() {
+        let c = Config::parse("[aliases]\ncamera = \"udmabuf\"\nsystem = \"udmabuf\"").unwrap();
+        let heaps: std::collections::BTreeSet<String> =
+            ["system".to_string(), "udmabuf".to_string()].into();
+        let e = c.check_aliases(&heaps).unwrap_err();
+        assert!(e.0.contains("aliases.system = \"udmabuf\""), "{e}");
+        assert!(!e.0.contains("aliases.camera"), "{e}");
+        assert!(c.machine_heap_names().contains("system"));
+        let ok = Config::parse("[aliases]\ncamera = \"system\"").unwrap();
+        assert!(ok.check_aliases(&heaps).is_ok());
     }
 
     #[test]
