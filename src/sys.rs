@@ -304,7 +304,7 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
     )
     .map_err(errno)?;
     if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        drop(msg);
+        // `msg` (which borrows the buffer) is not used past this point.
         let closed = take_rights(&cmsg_space).len();
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
