@@ -198,20 +198,25 @@ struct OnewayObserver;
 
 impl rsbinder::observe::TransactionObserver for OnewayObserver {
     fn on_transact(&self, ctx: &rsbinder::observe::TxnContext<'_>) -> Option<Box<dyn Any + Send>> {
-        if ctx.descriptor == <DmaBufService as IDmaBufAllocator>::descriptor() {
-            ONEWAY.with(|o| o.set(ctx.is_oneway));
+        if ctx.descriptor != <DmaBufService as IDmaBufAllocator>::descriptor() {
+            return None;
         }
-        None
+        // The flag of a transaction this one interrupts (nested binder
+        // calls), put back in on_reply.
+        let outer = ONEWAY.with(|o| o.replace(ctx.is_oneway));
+        Some(Box::new(outer))
     }
 
     fn on_reply(
         &self,
         _ctx: &rsbinder::observe::TxnContext<'_>,
-        _tag: Option<Box<dyn Any + Send>>,
+        tag: Option<Box<dyn Any + Send>>,
         _result: &rsbinder::Result<()>,
         _elapsed: Duration,
     ) {
-        ONEWAY.with(|o| o.set(false));
+        if let Some(outer) = tag.and_then(|t| t.downcast::<bool>().ok()) {
+            ONEWAY.with(|o| o.set(*outer));
+        }
     }
 }
 
