@@ -106,7 +106,7 @@ impl DmaBufService {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(no_such());
         }
-        let acc = self.monitor.refresh();
+        let acc = self.monitor.refresh().map_err(scan_failed)?;
         acc.process(pid)
             .map(report::aidl_process)
             .ok_or_else(no_such)
@@ -114,7 +114,8 @@ impl DmaBufService {
 
     fn memory_report(&self, c: Caller) -> Result<MemoryReport> {
         self.require_privileged(c, "getMemoryReport")?;
-        Ok(report::aidl_report(&self.monitor.refresh()))
+        let acc = self.monitor.refresh().map_err(scan_failed)?;
+        Ok(report::aidl_report(&acc))
     }
 
     fn reset_hwm(&self, c: Caller, pid: i32) -> Result<()> {
@@ -133,7 +134,11 @@ impl DmaBufService {
 
     /// The dump in the shape of Android's dmabuf_dump (see `dump -h`).
     pub fn render_dump(&self, w: &mut dyn Write, args: &[String]) -> std::io::Result<()> {
-        w.write_all(&report::dump_output(args, || self.monitor.refresh()))?;
+        let acc = match self.monitor.refresh() {
+            Ok(a) => a,
+            Err(e) => return writeln!(w, "error: {e}; try again"),
+        };
+        w.write_all(&report::dump_output(args, || acc.as_ref().clone()))?;
         // The registry's own state, under plain-text views only.
         if let Ok(report::dump_args::DumpRequest::Text { csv: false, .. }) =
             report::dump_args::parse(args)
@@ -152,6 +157,13 @@ impl DmaBufService {
         }
         Ok(())
     }
+}
+
+fn scan_failed(e: crate::monitor::ScanFailed) -> Error {
+    Error::new(
+        Kind::Internal,
+        format!("{e}; nothing was changed, try again"),
+    )
 }
 
 fn caller() -> Caller {

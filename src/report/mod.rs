@@ -327,8 +327,17 @@ pub(crate) mod sample {
             owner_pid: 100,
             owner_name: "camera".into(),
             allocated_at: at() - Duration::from_secs(60),
+            committed_at: std::time::Instant::now(),
         }];
-        build(&scans, &registry, &mut HwmTracker::new(), at())
+        let mut a = build(
+            &scans,
+            None,
+            &registry,
+            &mut HwmTracker::new(),
+            std::time::Instant::now(),
+        );
+        a.built_at = at();
+        a
     }
 
     pub fn empty() -> Accounting {
@@ -338,7 +347,15 @@ pub(crate) mod sample {
             comm: "init".into(),
             result: Ok(vec![]),
         }];
-        build(&scans, &[], &mut HwmTracker::new(), at())
+        let mut a = build(
+            &scans,
+            None,
+            &[],
+            &mut HwmTracker::new(),
+            std::time::Instant::now(),
+        );
+        a.built_at = at();
+        a
     }
 }
 
