@@ -937,6 +937,86 @@ mod tests {
         assert_eq!(a.renamed, vec![(dmabuf(1), "new-name".to_string())]);
     }
 
+    fn listed(inode: u64, size: u64, exporter: &str, name: &str) -> LiveBuffer {
+        LiveBuffer {
+            key: dmabuf(inode),
+            size,
+            exporter: exporter.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A buffer only the kernel holds (imported by a driver, or in flight
+    /// in an SCM_RIGHTS message) is still alive: with the kernel's list it
+    /// stays owned and counted, held by no process; only a buffer missing
+    /// from the list is gone, however young.
+    #[test]
+    fn with_the_kernel_list_a_kernel_held_buffer_stays_owned_and_only_unlisted_ones_are_gone() {
+        let kernel_held = record(1, MB, 10001, 10); // owner alive, holds nothing
+        let mut freed_young = record(2, 2 * MB, 10001, 10);
+        freed_young.committed_at = later();
+        let held = record(3, 4 * MB, 10002, 20);
+        let live = [
+            listed(1, MB, "system", "buf1"),
+            listed(3, 4 * MB, "system", "buf3"),
+            // Not ours, held by nobody (a driver's): shown, unknown owner.
+            listed(9, 8 * MB, "drm", "scanout"),
+        ];
+        let mut hwm = HwmTracker::new();
+        let a = build(
+            &[
+                proc(10, 10001, vec![]),
+                proc(20, 10002, vec![holds(3, 4 * MB, 1, 0)]),
+            ],
+            Some(&live),
+            &[kernel_held, freed_young, held],
+            &mut hwm,
+            later(),
+        );
+        assert!(a.exact_liveness);
+        assert_eq!(a.gone, BTreeSet::from([dmabuf(2)]));
+        let b = a.buffer(dmabuf(1)).unwrap();
+        assert!(b.holders.is_empty());
+        assert_eq!(b.owner.as_ref().unwrap().uid, 10001);
+        let foreign = a.buffer(dmabuf(9)).unwrap();
+        assert_eq!(
+            (foreign.exporter.as_str(), foreign.owner.is_none()),
+            ("drm", true)
+        );
+        // kernel_rss is exact: the two buffers no process references.
+        assert_eq!(a.unreferenced_bytes, MB + 8 * MB);
+        assert_eq!(
+            a.owner_totals[&Some(10001)],
+            Total {
+                count: 1,
+                bytes: MB
+            }
+        );
+        assert_eq!(
+            a.total,
+            Total {
+                count: 3,
+                bytes: 13 * MB
+            }
+        );
+        assert_eq!(rss_pss(&a, 20), (4 * MB, 4 * MB));
+    }
+
+    /// The name shown is the kernel's current one, not an fdinfo line.
+    #[test]
+    fn the_kernel_list_names_buffers_and_renames_are_recorded() {
+        let live = [listed(1, MB, "system", "x\nino:\t1")];
+        let a = build(
+            &[proc(10, 1, vec![holds(1, MB, 1, 0)])],
+            Some(&live),
+            &[record(1, MB, 1, 10)],
+            &mut HwmTracker::new(),
+            later(),
+        );
+        assert_eq!(a.buffer(dmabuf(1)).unwrap().name, "x\nino:\t1");
+        assert_eq!(a.renamed, vec![(dmabuf(1), "x\nino:\t1".to_string())]);
+    }
+
     #[test]
     fn gone_rule_spares_young_buffers_and_unreadable_owners() {
         let mut young = record(1, MB, 1, 10);

@@ -243,3 +243,151 @@ fn add_tracked_processes(processes: &mut Vec<ProcessScan>, hwm: &HwmTracker) {
         processes.sort_by_key(|p| p.pid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::HeapKind;
+    use crate::registry::{BufferRecord, Usage};
+    use crate::scan::{BufferKey, LiveBuffer, Scan};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    /// A source whose answers the test sets.
+    #[derive(Default)]
+    struct Scripted {
+        fail: std::sync::atomic::AtomicBool,
+        live: Mutex<Vec<LiveBuffer>>,
+        scans: AtomicUsize,
+        lists: AtomicUsize,
+        delay: Duration,
+    }
+
+    impl ScanSource for Arc<Scripted> {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn exact_liveness(&self) -> bool {
+            true
+        }
+        fn scan(&self) -> std::io::Result<Scan> {
+            self.scans.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            if self.fail.load(Ordering::SeqCst) {
+                // What a full fd table gives when listing /proc.
+                return Err(std::io::Error::from_raw_os_error(nix::libc::EMFILE));
+            }
+            Ok(Scan {
+                processes: Vec::new(),
+                live: Some(self.live.lock().unwrap().clone()),
+            })
+        }
+        fn live(&self) -> std::io::Result<Option<Vec<LiveBuffer>>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(self.live.lock().unwrap().clone()))
+        }
+    }
+
+    fn record(inode: u64) -> BufferRecord {
+        BufferRecord {
+            inode,
+            heap: "system".into(),
+            kind: HeapKind::DmaHeap,
+            size: 4096,
+            name: "b".into(),
+            owner_uid: 10001,
+            owner_pid: 1,
+            owner_name: "app".into(),
+            allocated_at: SystemTime::now(),
+            committed_at: Instant::now(),
+        }
+    }
+
+    fn setup(delay: Duration) -> (Arc<Scripted>, Arc<Registry>, Arc<Monitor>) {
+        let src = Arc::new(Scripted {
+            delay,
+            ..Default::default()
+        });
+        let reg = Arc::new(Registry::new());
+        let l = Usage {
+            bytes: u64::MAX,
+            count: u64::MAX,
+        };
+        for i in 1..=3 {
+            reg.commit(reg.reserve(10001, 4096, l).unwrap(), record(i));
+        }
+        let m = Arc::new(Monitor::with_source(
+            reg.clone(),
+            Box::new(src.clone()),
+            "scripted".into(),
+        ));
+        (src, reg, m)
+    }
+
+    fn listed(inode: u64) -> LiveBuffer {
+        LiveBuffer {
+            key: BufferKey::dmabuf(inode),
+            size: 4096,
+            exporter: "system".into(),
+            name: "b".into(),
+        }
+    }
+
+    /// Today's bug: an EMFILE listing /proc was an empty scan, which
+    /// declared every buffer freed and wiped every owner.
+    #[test]
+    fn a_failed_scan_keeps_every_record() {
+        let (src, reg, m) = setup(Duration::ZERO);
+        src.fail.store(true, Ordering::SeqCst);
+        assert!(m.refresh().is_err());
+        assert_eq!(reg.len(), 3);
+        assert_eq!(reg.usage_of(10001).count, 3);
+        src.fail.store(false, Ordering::SeqCst);
+        *src.live.lock().unwrap() = vec![listed(1), listed(3)];
+        m.refresh().unwrap();
+        assert_eq!(reg.len(), 2);
+    }
+
+    /// Quota reclaim reads only the kernel's list, never a full scan.
+    #[test]
+    fn reclaim_reads_only_the_live_list() {
+        let (src, reg, m) = setup(Duration::ZERO);
+        *src.live.lock().unwrap() = vec![listed(2)];
+        assert_eq!(m.reclaim(), 2);
+        assert_eq!(reg.usage_of(10001).count, 1);
+        assert_eq!(src.scans.load(Ordering::SeqCst), 0);
+        assert_eq!(src.lists.load(Ordering::SeqCst), 1);
+    }
+
+    /// Sixteen callers at once cause one scan, never sixteen; each gets a
+    /// view that started after it asked.
+    #[test]
+    fn concurrent_refreshes_share_scans() {
+        let (src, _reg, m) = setup(Duration::ZERO);
+        *src.live.lock().unwrap() = vec![listed(1), listed(2), listed(3)];
+        // A scan "in progress" while the callers arrive.
+        let in_progress = m.scanning.lock().unwrap();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (m, arrived) = (m.clone(), arrived.clone());
+                std::thread::spawn(move || {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    m.refresh().unwrap();
+                })
+            })
+            .collect();
+        while arrived.load(Ordering::SeqCst) < 16 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        drop(in_progress);
+        for t in threads {
+            t.join().unwrap();
+        }
+        // One scan serves all of them (two only if a thread was descheduled
+        // between arriving and asking for more than 50 ms).
+        let n = src.scans.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&n), "{n} scans for 16 concurrent callers");
+    }
+}

@@ -683,6 +683,24 @@ mod tests {
         );
     }
 
+    /// A holder renamed its buffer (DMA_BUF_SET_NAME has no character
+    /// filter) to forge an inode and a size: the kernel prints the name raw
+    /// as the last field (seen on 6.18, bpf.md).
+    #[test]
+    fn an_injected_name_cannot_change_inode_size_or_exporter() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t13\nino:\t4242\nsize:\t65536\n\
+                    count:\t1\nexp_name:\tsystem\nname:\tx\nino:\t1\nsize:\t999\n\
+                    exp_name:\tforged\n";
+        let i = parse_fdinfo(text);
+        assert_eq!(i.inode, Some(4242));
+        assert_eq!(i.size, Some(65536));
+        assert_eq!(i.exporter.as_deref(), Some("system"));
+        assert_eq!(
+            i.name.as_deref(),
+            Some("x\nino:\t1\nsize:\t999\nexp_name:\tforged")
+        );
+    }
+
     #[test]
     fn memfds_share_one_mount_id_that_regular_files_do_not_have() {
         use std::os::fd::AsRawFd;

@@ -348,6 +348,50 @@ mod tests {
         assert!(reg.reserve(8, 8192, limit).is_ok());
     }
 
+    /// dma-buf and shmem inode numbers are counted separately by the
+    /// kernel: the same number names two different buffers.
+    #[test]
+    fn a_memfd_and_a_dmabuf_with_the_same_inode_keep_both_records() {
+        let reg = Registry::new();
+        let l = Usage {
+            bytes: u64::MAX,
+            count: u64::MAX,
+        };
+        let mut dmabuf = rec(77, 1, 4096);
+        dmabuf.kind = HeapKind::DmaHeap;
+        let memfd = rec(77, 2, 8192);
+        reg.commit(reg.reserve(1, 4096, l).unwrap(), dmabuf.clone());
+        reg.commit(reg.reserve(2, 8192, l).unwrap(), memfd.clone());
+        assert_eq!(reg.len(), 2);
+        assert_eq!(reg.freed_total(), 0);
+        assert_eq!(reg.get(dmabuf.key()).unwrap().owner_uid, 1);
+        assert_eq!(reg.get(memfd.key()).unwrap().owner_uid, 2);
+        assert_eq!(
+            reg.usage_of(1),
+            Usage {
+                bytes: 4096,
+                count: 1
+            }
+        );
+        assert_eq!(
+            reg.usage_of(2),
+            Usage {
+                bytes: 8192,
+                count: 1
+            }
+        );
+        // Freeing one leaves the other and its owner's usage alone.
+        reg.remove_freed(|r| r.key() == dmabuf.key());
+        assert_eq!(reg.usage_of(1), Usage::default());
+        assert_eq!(
+            reg.usage_of(2),
+            Usage {
+                bytes: 8192,
+                count: 1
+            }
+        );
+    }
+
     #[test]
     fn remove_freed_and_totals() {
         let reg = Registry::new();
