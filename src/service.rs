@@ -134,29 +134,59 @@ impl DmaBufService {
 
     /// The dump in the shape of Android's dmabuf_dump (see `dump -h`).
     pub fn render_dump(&self, w: &mut dyn Write, args: &[String]) -> std::io::Result<()> {
+        use report::dump_args::DumpRequest;
+        let request = report::dump_args::parse(args);
+        match &request {
+            Ok(DumpRequest::Source) => {
+                return writeln!(w, "scan source: {}", self.monitor.source_reason())
+            }
+            // Help and argument errors need no scan.
+            Ok(DumpRequest::Help) | Err(_) => {
+                return w.write_all(&report::dump_output(args, || no_scan()))
+            }
+            _ => {}
+        }
         let acc = match self.monitor.refresh() {
             Ok(a) => a,
             Err(e) => return writeln!(w, "error: {e}; try again"),
         };
         w.write_all(&report::dump_output(args, || acc.as_ref().clone()))?;
         // The registry's own state, under plain-text views only.
-        if let Ok(report::dump_args::DumpRequest::Text { csv: false, .. }) =
-            report::dump_args::parse(args)
-        {
+        if let Ok(DumpRequest::Text { csv: false, .. }) = request {
             let reg = self.allocator.registry();
-            // Nothing ever allocated: keep the one-line "nothing found".
+            writeln!(w, "\nscan source: {}", self.monitor.source_reason())?;
+            if !acc.exact_liveness {
+                writeln!(
+                    w,
+                    "liveness is approximate: without the kernel's list of live buffers, a buffer \
+                     only the kernel holds (a driver, an in-flight fd) looks freed"
+                )?;
+            }
+            // Nothing ever allocated: no registry line.
             if reg.is_empty() && reg.freed_total() == 0 {
                 return Ok(());
             }
             writeln!(
                 w,
-                "\nregistry: {} buffers allocated through dmabufd live, {} freed since start",
+                "registry: {} buffers allocated through dmabufd live, {} freed since start",
                 reg.len(),
                 reg.freed_total()
             )?;
         }
         Ok(())
     }
+}
+
+/// Help and argument errors render without a scan (`dump_output` does not
+/// call for one then; an empty view if it ever did).
+fn no_scan() -> crate::accounting::Accounting {
+    crate::accounting::build(
+        &[],
+        None,
+        &[],
+        &mut crate::accounting::HwmTracker::new(),
+        std::time::Instant::now(),
+    )
 }
 
 fn scan_failed(e: crate::monitor::ScanFailed) -> Error {

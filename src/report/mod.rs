@@ -241,6 +241,8 @@ pub fn dump_output<S: AsRef<str>>(args: &[S], accounting: impl FnOnce() -> Accou
     match dump_args::parse(args) {
         Err(e) => format!("error: {e}\n").into_bytes(),
         Ok(DumpRequest::Help) => dump_args::HELP.as_bytes().to_vec(),
+        // The caller (the service) knows the source; nothing to render here.
+        Ok(DumpRequest::Source) => Vec::new(),
         Ok(DumpRequest::Proto) => proto_bytes(&accounting()),
         Ok(DumpRequest::Text { view, csv, pid }) => {
             text::render(&accounting(), view, csv, pid).into_bytes()

@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 
 use dmabufd::client::Allocator;
 
+fn spawn_service(dir: &Path, socket: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dmabufd"))
+        .arg("--config")
+        .arg(dir.join("dmabufd.toml"))
+        .arg("--rpc")
+        .arg(socket)
+        .env("DMABUFD_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn dmabufd")
+}
+
 pub struct Service {
     pub child: Child,
     pub dir: PathBuf,
@@ -31,20 +43,26 @@ impl Service {
         let cfg = dir.join("dmabufd.toml");
         std::fs::write(&cfg, config).unwrap();
         let socket = dir.join("dmabufd.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_dmabufd"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--rpc")
-            .arg(&socket)
-            .env("DMABUFD_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn dmabufd");
+        let child = spawn_service(&dir, &socket);
         let svc = Service { child, dir, socket };
+        svc.wait_until_up();
+        svc
+    }
+
+    /// `kill -9` of the service, then a new one on the same socket, config
+    /// and state directory (what a supervisor does after a crash).
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = spawn_service(&self.dir, &self.socket);
+        self.wait_until_up();
+    }
+
+    fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if svc.socket.exists() && Allocator::connect_rpc(&svc.socket).is_ok() {
-                return svc;
+            if self.socket.exists() && Allocator::connect_rpc(&self.socket).is_ok() {
+                return;
             }
             assert!(Instant::now() < deadline, "dmabufd did not come up");
             std::thread::sleep(Duration::from_millis(20));
