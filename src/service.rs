@@ -142,7 +142,7 @@ impl DmaBufService {
             }
             // Help and argument errors need no scan.
             Ok(DumpRequest::Help) | Err(_) => {
-                return w.write_all(&report::dump_output(args, || no_scan()))
+                return w.write_all(&report::dump_output(args, no_scan))
             }
             _ => {}
         }
