@@ -178,9 +178,9 @@ impl Monitor {
         if gone.is_empty() {
             return 0;
         }
-        let n = self.registry.remove_freed(|r| gone.contains(&r.key()));
-        self.registry.compact_journal();
-        n
+        // The journal is compacted by the next background scan, not here
+        // on the allocation path.
+        self.registry.remove_freed(|r| gone.contains(&r.key()))
     }
 
     /// Resets the high-water mark of `pid`, or of every process for 0.
