@@ -39,6 +39,8 @@ pub struct Monitor {
     /// Held while scanning: the single flight.
     scanning: Mutex<()>,
     last: Mutex<Option<Shared>>,
+    /// `Registry::freed_total` at the last journal compaction.
+    compacted_at: Mutex<u64>,
 }
 
 /// A scan that could not be made (nothing was changed).
@@ -74,6 +76,7 @@ impl Monitor {
             allocated: tokio::sync::Notify::new(),
             scanning: Mutex::new(()),
             last: Mutex::new(None),
+            compacted_at: Mutex::new(0),
         }
     }
 
@@ -139,7 +142,14 @@ impl Monitor {
         let freed = self.registry.remove_freed(|r| acc.gone.contains(&r.key()));
         if freed > 0 {
             log::debug!("{freed} buffers freed since the last scan");
+        }
+        // Compact when anything was freed since the last compaction (here
+        // or by a quota reclaim), so the journal stays O(live records).
+        let total = self.registry.freed_total();
+        let mut compacted = self.compacted_at.lock().unwrap_or_else(|e| e.into_inner());
+        if *compacted != total {
             self.registry.compact_journal();
+            *compacted = total;
         }
         Ok(acc)
     }
