@@ -19,6 +19,9 @@ use crate::procfs::{self, ProcessScan};
 use crate::registry::Registry;
 use crate::scan::{BufferKind, ScanSource};
 
+/// An unprivileged uid forces at most one fresh scan this often.
+pub const PER_UID_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How long the background scanner waits after an allocation before
 /// scanning, so a burst of allocations costs one scan.
 pub const ALLOCATION_SCAN_DELAY: Duration = Duration::from_millis(500);
@@ -41,6 +44,8 @@ pub struct Monitor {
     last: Mutex<Option<Shared>>,
     /// `Registry::freed_total` at the last journal compaction.
     compacted_at: Mutex<u64>,
+    /// When each unprivileged uid last forced a fresh scan.
+    asked_by: Mutex<std::collections::HashMap<u32, Instant>>,
 }
 
 /// A scan that could not be made (nothing was changed).
@@ -77,6 +82,7 @@ impl Monitor {
             scanning: Mutex::new(()),
             last: Mutex::new(None),
             compacted_at: Mutex::new(0),
+            asked_by: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -152,6 +158,25 @@ impl Monitor {
             *compacted = total;
         }
         Ok(acc)
+    }
+
+    /// [`Monitor::refresh`] for an unprivileged caller: a uid gets at most
+    /// one fresh scan per [`PER_UID_INTERVAL`]; asking again sooner returns
+    /// the latest view (at most that old), so no app can keep the scanner
+    /// busy for everyone else.
+    pub fn refresh_for(&self, uid: u32) -> Result<Arc<Accounting>, ScanFailed> {
+        let now = Instant::now();
+        {
+            let mut asked = self.asked_by.lock().unwrap_or_else(|e| e.into_inner());
+            asked.retain(|_, t| now.duration_since(*t) < PER_UID_INTERVAL);
+            if asked.contains_key(&uid) {
+                if let Some(last) = &*self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+                    return Ok(last.accounting.clone());
+                }
+            }
+            asked.insert(uid, now);
+        }
+        self.refresh()
     }
 
     /// One raw scan from the source (start-up recovery).
@@ -367,6 +392,19 @@ mod tests {
         assert_eq!(reg.usage_of(10001).count, 1);
         assert_eq!(src.scans.load(Ordering::SeqCst), 0);
         assert_eq!(src.lists.load(Ordering::SeqCst), 1);
+    }
+
+    /// One uid asking in a loop gets one fresh scan per interval; another
+    /// uid still gets its own fresh view.
+    #[test]
+    fn an_unprivileged_uid_forces_at_most_one_scan_per_interval() {
+        let (src, _reg, m) = setup(Duration::ZERO);
+        for _ in 0..50 {
+            m.refresh_for(10001).unwrap();
+        }
+        assert_eq!(src.scans.load(Ordering::SeqCst), 1);
+        m.refresh_for(10002).unwrap();
+        assert_eq!(src.scans.load(Ordering::SeqCst), 2);
     }
 
     /// Sixteen callers at once cause one scan, never sixteen; each gets a

@@ -106,7 +106,12 @@ impl DmaBufService {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(no_such());
         }
-        let acc = self.monitor.refresh().map_err(scan_failed)?;
+        let acc = if self.allocator.config().is_privileged(c.uid) {
+            self.monitor.refresh()
+        } else {
+            self.monitor.refresh_for(c.uid)
+        }
+        .map_err(scan_failed)?;
         acc.process(pid)
             .map(report::aidl_process)
             .ok_or_else(no_such)
