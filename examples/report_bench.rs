@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use dmabufd::accounting::{self, Accounting, HwmTracker};
 use dmabufd::allocator::{Allocator, Caller, Request};
@@ -512,7 +512,7 @@ fn run(o: &Options) -> Result<bool> {
         let records = registry.snapshot();
         let scans = procfs::scan_all(proc_root)?;
         let t1 = Instant::now();
-        let ours = accounting::build(&scans, &records, &mut hwm, SystemTime::now());
+        let ours = accounting::build(&scans, None, &records, &mut hwm, std::time::Instant::now());
         let t2 = Instant::now();
 
         let t3 = Instant::now();

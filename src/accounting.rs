@@ -25,17 +25,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::heap::HeapKind;
 use crate::procfs::{self, BufferKey, BufferKind, ProcessScan, ScanError};
 use crate::registry::BufferRecord;
+use crate::scan::LiveBuffer;
 
-/// A registry record younger than this is never declared gone: between the
-/// allocation reply leaving the service and the client receiving the fd, no
-/// process holds the buffer (the fd is in the binder buffer or the socket).
-/// That window is milliseconds; a second leaves room for a loaded machine
-/// while letting quota reclaim see freed buffers soon.
+/// procfs fallback only (no kernel list of live buffers): a record younger
+/// than this (monotonic clock) is never declared gone, because between the
+/// reply leaving the service and the client receiving the fd no process
+/// holds the buffer. With the kernel's list liveness is exact and no
+/// allowance is used.
 pub const FREED_GRACE: Duration = Duration::from_secs(1);
 
 /// Exporter shown for a buffer seen only through mappings (maps do not name
@@ -151,15 +151,18 @@ pub struct Accounting {
     /// Per owner uid; `None` gathers the buffers of unknown owner.
     pub owner_totals: BTreeMap<Option<u32>, Total>,
     pub total: Total,
-    /// Bytes of registry buffers that no readable process references but
-    /// that are not known to be gone (young, or their owner is unreadable).
+    /// Bytes of live buffers no process references (held by the kernel:
+    /// a driver, an in-flight SCM_RIGHTS message). Exact when
+    /// `exact_liveness`; otherwise registry buffers not known to be gone.
     pub unreferenced_bytes: u64,
-    /// Registry inodes whose buffers are gone: pass to
-    /// `Registry::remove_freed(|r| gone.contains(&r.inode))`.
-    pub gone: BTreeSet<u64>,
-    /// Registry buffers whose name changed: `(inode, new name)` for
+    /// Whether liveness came from the kernel's list of live buffers.
+    pub exact_liveness: bool,
+    /// Registry keys whose buffers are gone: pass to
+    /// `Registry::remove_freed(|r| gone.contains(&r.key()))`.
+    pub gone: BTreeSet<BufferKey>,
+    /// Registry buffers whose name changed: `(key, new name)` for
     /// `Registry::rename`.
-    pub renamed: Vec<(u64, String)>,
+    pub renamed: Vec<(BufferKey, String)>,
 }
 
 impl Accounting {
@@ -243,21 +246,19 @@ impl HwmTracker {
         self.by_pid.len()
     }
 
+    /// The pids with an observed hwm.
+    pub fn pids(&self) -> Vec<i32> {
+        self.by_pid.keys().copied().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_pid.is_empty()
     }
 }
 
-/// The procfs kind under which a registry record's buffer shows.
+/// The key under which a registry record's buffer shows.
 pub fn key_of(record: &BufferRecord) -> BufferKey {
-    let kind = match record.kind {
-        HeapKind::Memfd => BufferKind::Memfd,
-        HeapKind::DmaHeap | HeapKind::Udmabuf => BufferKind::DmaBuf,
-    };
-    BufferKey {
-        kind,
-        inode: record.inode,
-    }
+    record.key()
 }
 
 /// What the scans say about one buffer, before figures are computed.
@@ -273,23 +274,32 @@ struct Seen {
 }
 
 /// Builds the accounting of one full scan. `hwm` observes every readable
-/// process and forgets pids that are no longer there. `now` is the time of
-/// the scan (used for [`FREED_GRACE`]).
+/// process and forgets pids that are no longer there. `live` is the
+/// kernel's list of live buffers where the scan source has one. `now` is
+/// the monotonic time of the scan.
 ///
-/// Gone rule: a registry record is gone when no readable process references
-/// it, it is older than [`FREED_GRACE`], and its owner pid is not among the
-/// unreadable processes (an owner we cannot see into may still hold it).
-/// Limit: a buffer passed to an unreadable process and released by every
-/// readable one is counted freed; the service needs ptrace read access to
-/// every client (root or CAP_SYS_PTRACE) for exact accounting.
+/// Gone rule with the kernel's list: a registry dma-buf is gone exactly
+/// when it is not in the list; buffers in the list that no process
+/// references are held by the kernel and stay (owned, counted).
+/// Without it (procfs fallback; memfds): a record is gone when no readable
+/// process references it, it is older than [`FREED_GRACE`], and its owner
+/// pid is not among the unreadable processes (an owner we cannot see into
+/// may still hold it). That is approximate: a buffer only the kernel holds
+/// looks freed.
 pub fn build(
     scans: &[ProcessScan],
+    live: Option<&[LiveBuffer]>,
     registry: &[BufferRecord],
     hwm: &mut HwmTracker,
-    now: SystemTime,
+    now: Instant,
 ) -> Accounting {
     let records: HashMap<BufferKey, &BufferRecord> =
-        registry.iter().map(|r| (key_of(r), r)).collect();
+        registry.iter().map(|r| (r.key(), r)).collect();
+    let listed: HashMap<BufferKey, &LiveBuffer> = live
+        .unwrap_or_default()
+        .iter()
+        .map(|b| (b.key, b))
+        .collect();
 
     let mut seen: BTreeMap<BufferKey, Seen> = BTreeMap::new();
     for scan in scans {
@@ -321,6 +331,10 @@ pub fn build(
             }
         }
     }
+    // Buffers only the kernel holds: in its list, referenced by no process.
+    for key in listed.keys() {
+        seen.entry(*key).or_default();
+    }
 
     let unreadable_pids: BTreeSet<i32> = scans
         .iter()
@@ -330,14 +344,21 @@ pub fn build(
 
     let mut buffers = Vec::with_capacity(seen.len());
     let mut renamed = Vec::new();
+    let mut unreferenced_bytes = 0;
     for (key, mut s) in seen {
         let record = records.get(&key).copied();
-        let size = record.map(|r| r.size).or(s.fd_size).unwrap_or(s.map_extent);
-        let current_name = s.fd_name.or(s.map_name);
+        let kernel = listed.get(&key).copied();
+        let size = record
+            .map(|r| r.size)
+            .or(kernel.map(|k| k.size))
+            .or(s.fd_size)
+            .unwrap_or(s.map_extent);
+        // The kernel's list has the current name; else what a holder showed.
+        let current_name = kernel.map(|k| k.name.clone()).or(s.fd_name).or(s.map_name);
         let name = match (record, current_name) {
             (Some(r), Some(n)) => {
                 if n != r.name && key.kind == BufferKind::DmaBuf {
-                    renamed.push((r.inode, n.clone()));
+                    renamed.push((key, n.clone()));
                 }
                 // A memfd's name cannot change; the registry's is complete
                 // (the link may be truncated by the kernel's name limit).
@@ -350,13 +371,17 @@ pub fn build(
             (Some(r), None) => r.name.clone(),
             (None, n) => n.unwrap_or_default(),
         };
-        let exporter = match record {
-            Some(r) => r.heap.clone(),
-            None => s
+        let exporter = match (record, kernel) {
+            (Some(r), _) => r.heap.clone(),
+            (None, Some(k)) => k.exporter.clone(),
+            (None, None) => s
                 .exporter
                 .take()
                 .unwrap_or_else(|| UNKNOWN_EXPORTER.to_string()),
         };
+        if s.holders.is_empty() {
+            unreferenced_bytes += size;
+        }
         s.holders.sort_by_key(|h| h.pid);
         split_pss(size, &mut s.holders);
         buffers.push(BufferView {
@@ -370,20 +395,17 @@ pub fn build(
         });
     }
 
-    // Registry buffers no readable process references.
+    // Registry buffers neither referenced nor in the kernel's list.
     let mut gone = BTreeSet::new();
-    let mut unreferenced_bytes = 0;
     for r in registry {
-        let key = key_of(r);
+        let key = r.key();
         if buffers.binary_search_by_key(&key, |b| b.key).is_ok() {
             continue;
         }
-        let young = now
-            .duration_since(r.allocated_at)
-            .map(|age| age < FREED_GRACE)
-            .unwrap_or(true);
-        if !young && !unreadable_pids.contains(&r.owner_pid) {
-            gone.insert(r.inode);
+        let exact = live.is_some() && key.kind == BufferKind::DmaBuf;
+        let young = now.saturating_duration_since(r.committed_at) < FREED_GRACE;
+        if exact || (!young && !unreadable_pids.contains(&r.owner_pid)) {
+            gone.insert(key);
             continue;
         }
         unreferenced_bytes += r.size;
@@ -442,8 +464,8 @@ pub fn build(
         })
         .collect();
     processes.sort_by_key(|p| p.pid);
-    let live: BTreeSet<i32> = processes.iter().map(|p| p.pid).collect();
-    hwm.retain(|pid| live.contains(&pid));
+    let present: BTreeSet<i32> = processes.iter().map(|p| p.pid).collect();
+    hwm.retain(|pid| present.contains(&pid));
 
     let mut exporter_totals: BTreeMap<String, Total> = BTreeMap::new();
     let mut owner_totals: BTreeMap<Option<u32>, Total> = BTreeMap::new();
@@ -461,13 +483,14 @@ pub fn build(
     }
 
     Accounting {
-        built_at: now,
+        built_at: SystemTime::now(),
         processes,
         buffers,
         exporter_totals,
         owner_totals,
         total,
         unreferenced_bytes,
+        exact_liveness: live.is_some(),
         gone,
         renamed,
     }
@@ -506,17 +529,26 @@ pub fn dmabuf_dump_style(
     let scans = procfs::scan_all_like_dmabuf_dump(proc_root)?;
     Ok(build(
         &scans,
+        None,
         registry,
         &mut HwmTracker::new(),
-        SystemTime::now(),
+        Instant::now(),
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::heap::HeapKind;
     use crate::procfs::BufferUse;
     use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    /// The monotonic time every test record was committed at.
+    fn m0() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
 
     const MB: u64 = 1 << 20;
 
@@ -524,9 +556,9 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
     }
 
-    /// A scan time well after every record's allocation.
-    fn later() -> SystemTime {
-        t0() + Duration::from_secs(60)
+    /// A scan time well after every record's commit.
+    fn later() -> Instant {
+        m0() + Duration::from_secs(60)
     }
 
     fn dmabuf(inode: u64) -> BufferKey {
@@ -583,11 +615,12 @@ mod tests {
             owner_pid: pid,
             owner_name: format!("p{pid}"),
             allocated_at: t0(),
+            committed_at: m0(),
         }
     }
 
     fn figures(scans: &[ProcessScan], reg: &[BufferRecord]) -> Accounting {
-        build(scans, reg, &mut HwmTracker::new(), later())
+        build(scans, None, reg, &mut HwmTracker::new(), later())
     }
 
     fn rss_pss(a: &Accounting, pid: i32) -> (u64, u64) {
@@ -677,6 +710,7 @@ mod tests {
         let mut hwm = HwmTracker::new();
         let a = build(
             &[proc(10, 1, vec![holds(1, MB, 1, 1)])],
+            None,
             &reg,
             &mut hwm,
             later(),
@@ -685,6 +719,7 @@ mod tests {
         // Unmapped, fd still open: unchanged.
         let a = build(
             &[proc(10, 1, vec![holds(1, MB, 1, 0)])],
+            None,
             &reg,
             &mut hwm,
             later(),
@@ -692,11 +727,11 @@ mod tests {
         assert_eq!(rss_pss(&a, 10), (MB, MB));
         // Everything released: zeros (not an error), hwm keeps the peak,
         // the record is gone.
-        let a = build(&[proc(10, 1, vec![])], &reg, &mut hwm, later());
+        let a = build(&[proc(10, 1, vec![])], None, &reg, &mut hwm, later());
         let p = a.process(10).unwrap();
         assert_eq!((p.rss, p.pss, p.hwm), (0, 0, MB));
         assert!(p.readable());
-        assert_eq!(a.gone, BTreeSet::from([1]));
+        assert_eq!(a.gone, BTreeSet::from([dmabuf(1)]));
         assert_eq!(a.total, Total::default());
     }
 
@@ -750,12 +785,14 @@ mod tests {
                 1,
                 vec![holds(1, MB, 1, 0), holds(2, 2 * MB, 1, 0)],
             )],
+            None,
             &reg,
             &mut hwm,
             later(),
         );
         let a = build(
             &[proc(10, 1, vec![holds(1, MB, 1, 0)])],
+            None,
             &reg,
             &mut hwm,
             later(),
@@ -764,6 +801,7 @@ mod tests {
         hwm.reset(10);
         let a = build(
             &[proc(10, 1, vec![holds(1, MB, 1, 0)])],
+            None,
             &reg,
             &mut hwm,
             later(),
@@ -771,7 +809,7 @@ mod tests {
         assert_eq!(a.process(10).unwrap().hwm, MB);
         assert_eq!(hwm.observe(10, 5), MB);
         // pid 10 exits: forgotten, so a new pid 10 starts from its own rss.
-        build(&[proc(11, 1, vec![])], &[], &mut hwm, later());
+        build(&[proc(11, 1, vec![])], None, &[], &mut hwm, later());
         assert_eq!(hwm.get(10), 0);
         assert_eq!(hwm.len(), 1);
         hwm.observe(12, 1);
@@ -844,7 +882,7 @@ mod tests {
             }
         );
         // The unreferenced service record is old and its owner readable: gone.
-        assert_eq!(a.gone, BTreeSet::from([1]));
+        assert_eq!(a.gone, BTreeSet::from([dmabuf(1)]));
     }
 
     #[test]
@@ -896,20 +934,100 @@ mod tests {
         u.name = "new-name".into();
         let a = figures(&[proc(10, 1, vec![u])], &[record(1, MB, 1, 10)]);
         assert_eq!(a.buffers[0].name, "new-name");
-        assert_eq!(a.renamed, vec![(1, "new-name".to_string())]);
+        assert_eq!(a.renamed, vec![(dmabuf(1), "new-name".to_string())]);
+    }
+
+    fn listed(inode: u64, size: u64, exporter: &str, name: &str) -> LiveBuffer {
+        LiveBuffer {
+            key: dmabuf(inode),
+            size,
+            exporter: exporter.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A buffer only the kernel holds (imported by a driver, or in flight
+    /// in an SCM_RIGHTS message) is still alive: with the kernel's list it
+    /// stays owned and counted, held by no process; only a buffer missing
+    /// from the list is gone, however young.
+    #[test]
+    fn with_the_kernel_list_a_kernel_held_buffer_stays_owned_and_only_unlisted_ones_are_gone() {
+        let kernel_held = record(1, MB, 10001, 10); // owner alive, holds nothing
+        let mut freed_young = record(2, 2 * MB, 10001, 10);
+        freed_young.committed_at = later();
+        let held = record(3, 4 * MB, 10002, 20);
+        let live = [
+            listed(1, MB, "system", "buf1"),
+            listed(3, 4 * MB, "system", "buf3"),
+            // Not ours, held by nobody (a driver's): shown, unknown owner.
+            listed(9, 8 * MB, "drm", "scanout"),
+        ];
+        let mut hwm = HwmTracker::new();
+        let a = build(
+            &[
+                proc(10, 10001, vec![]),
+                proc(20, 10002, vec![holds(3, 4 * MB, 1, 0)]),
+            ],
+            Some(&live),
+            &[kernel_held, freed_young, held],
+            &mut hwm,
+            later(),
+        );
+        assert!(a.exact_liveness);
+        assert_eq!(a.gone, BTreeSet::from([dmabuf(2)]));
+        let b = a.buffer(dmabuf(1)).unwrap();
+        assert!(b.holders.is_empty());
+        assert_eq!(b.owner.as_ref().unwrap().uid, 10001);
+        let foreign = a.buffer(dmabuf(9)).unwrap();
+        assert_eq!(
+            (foreign.exporter.as_str(), foreign.owner.is_none()),
+            ("drm", true)
+        );
+        // kernel_rss is exact: the two buffers no process references.
+        assert_eq!(a.unreferenced_bytes, MB + 8 * MB);
+        assert_eq!(
+            a.owner_totals[&Some(10001)],
+            Total {
+                count: 1,
+                bytes: MB
+            }
+        );
+        assert_eq!(
+            a.total,
+            Total {
+                count: 3,
+                bytes: 13 * MB
+            }
+        );
+        assert_eq!(rss_pss(&a, 20), (4 * MB, 4 * MB));
+    }
+
+    /// The name shown is the kernel's current one, not an fdinfo line.
+    #[test]
+    fn the_kernel_list_names_buffers_and_renames_are_recorded() {
+        let live = [listed(1, MB, "system", "x\nino:\t1")];
+        let a = build(
+            &[proc(10, 1, vec![holds(1, MB, 1, 0)])],
+            Some(&live),
+            &[record(1, MB, 1, 10)],
+            &mut HwmTracker::new(),
+            later(),
+        );
+        assert_eq!(a.buffer(dmabuf(1)).unwrap().name, "x\nino:\t1");
+        assert_eq!(a.renamed, vec![(dmabuf(1), "x\nino:\t1".to_string())]);
     }
 
     #[test]
     fn gone_rule_spares_young_buffers_and_unreadable_owners() {
         let mut young = record(1, MB, 1, 10);
-        young.allocated_at = later() - FREED_GRACE / 2;
+        young.committed_at = later() - FREED_GRACE / 2;
         let hidden = record(2, 2 * MB, 2, 20); // owner pid 20 unreadable
         let dead_owner = record(3, 4 * MB, 3, 30); // owner gone, nobody holds it
         let a = figures(
             &[proc(10, 1, vec![]), unreadable(20, 2)],
             &[young, hidden, dead_owner],
         );
-        assert_eq!(a.gone, BTreeSet::from([3]));
+        assert_eq!(a.gone, BTreeSet::from([dmabuf(3)]));
         assert_eq!(a.unreferenced_bytes, 3 * MB);
         assert_eq!(
             a.total,
@@ -941,6 +1059,7 @@ mod tests {
     mod real_processes {
         //! The same semantics on real processes holding memfd-heap buffers.
         use super::super::*;
+        use crate::heap::HeapKind;
         use crate::procfs::test_child::{inode_of, memfd, TestChild};
         use crate::procfs::PROC_ROOT;
         use std::os::fd::AsRawFd;
@@ -956,6 +1075,7 @@ mod tests {
                 owner_pid: std::process::id() as i32,
                 owner_name: "test".into(),
                 allocated_at: SystemTime::UNIX_EPOCH,
+                committed_at: Instant::now() - Duration::from_secs(60),
             }
         }
 
@@ -975,7 +1095,7 @@ mod tests {
             let b = TestChild::spawn(&format!("open s {path}; map s 4096; close s"));
             let reg = [memfd_record(ino, 3 * 4096)];
             let scans = procfs::scan_all(Path::new(PROC_ROOT)).unwrap();
-            let acc = build(&scans, &reg, &mut HwmTracker::new(), SystemTime::now());
+            let acc = build(&scans, None, &reg, &mut HwmTracker::new(), Instant::now());
             let buf = acc.buffer(key(ino)).unwrap();
             let me = std::process::id() as i32;
             let mut holders: Vec<(i32, u32, u32, u64)> = buf
@@ -1003,7 +1123,7 @@ mod tests {
             // b exits: the split is now by two.
             drop(b);
             let scans = procfs::scan_all(Path::new(PROC_ROOT)).unwrap();
-            let acc = build(&scans, &reg, &mut HwmTracker::new(), SystemTime::now());
+            let acc = build(&scans, None, &reg, &mut HwmTracker::new(), Instant::now());
             let pss: u64 = acc
                 .buffer(key(ino))
                 .unwrap()
@@ -1017,8 +1137,8 @@ mod tests {
             drop(a);
             drop(fd);
             let scans = procfs::scan_all(Path::new(PROC_ROOT)).unwrap();
-            let acc = build(&scans, &reg, &mut HwmTracker::new(), SystemTime::now());
-            assert_eq!(acc.gone, BTreeSet::from([ino]));
+            let acc = build(&scans, None, &reg, &mut HwmTracker::new(), Instant::now());
+            assert_eq!(acc.gone, BTreeSet::from([key(ino)]));
         }
 
         #[test]
@@ -1033,9 +1153,10 @@ mod tests {
             let ours = procfs::scan_process(root, c.pid()).unwrap();
             let theirs = procfs::scan_process_like_dmabuf_dump(root, c.pid()).unwrap();
             assert_eq!(ours, theirs);
-            let now = SystemTime::now();
-            let a = build(&[ours], &reg, &mut HwmTracker::new(), now);
-            let b = build(&[theirs], &reg, &mut HwmTracker::new(), now);
+            let now = Instant::now();
+            let a = build(&[ours], None, &reg, &mut HwmTracker::new(), now);
+            let mut b = build(&[theirs], None, &reg, &mut HwmTracker::new(), now);
+            b.built_at = a.built_at;
             assert_eq!(a, b);
             assert_eq!(a.process(c.pid()).unwrap().rss, 8192 + 4096);
             let full = dmabuf_dump_style(root, &reg).unwrap();

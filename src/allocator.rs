@@ -67,14 +67,16 @@ pub struct Discovery {
     pub notes: Vec<String>,
 }
 
-/// Drops the records of buffers that are gone (a full scan): run before
-/// refusing an allocation for quota, since freed buffers count until a scan
-/// notices them.
-pub type Reclaim = Box<dyn Fn() + Send + Sync>;
+/// Drops the records of buffers that are gone and returns how many: run
+/// before refusing an allocation for quota, since freed buffers count until
+/// the monitor notices them (with the kernel's list that is one read of the
+/// list, no procfs).
+pub type Reclaim = Box<dyn Fn() -> usize + Send + Sync>;
 
-/// Quota reclaim scans at most this often, so a client hammering its limit
-/// cannot turn every refused request into a full scan.
-pub const RECLAIM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// A refusal re-reads the live list this many times (1, 4, 16 ms apart)
+/// while it keeps finding freed buffers or the service's own reply of a
+/// just-freed buffer may still hold it.
+const RECLAIM_ATTEMPTS: u32 = 3;
 
 /// Where the memory guard reads `/proc/meminfo` text from (a test injects
 /// its own).
@@ -88,7 +90,6 @@ pub struct Allocator {
     config: Config,
     registry: Arc<Registry>,
     reclaim: std::sync::OnceLock<Reclaim>,
-    last_reclaim: std::sync::Mutex<Option<std::time::Instant>>,
     meminfo: MeminfoSource,
     /// Bytes of requests between the memory guard and the heap's answer.
     in_flight: std::sync::Mutex<u64>,
@@ -120,7 +121,6 @@ impl Allocator {
             config,
             registry,
             reclaim: std::sync::OnceLock::new(),
-            last_reclaim: std::sync::Mutex::new(None),
             meminfo: Box::new(|| std::fs::read_to_string(MEMINFO)),
             in_flight: std::sync::Mutex::new(0),
         }
@@ -138,22 +138,9 @@ impl Allocator {
         let _ = self.reclaim.set(reclaim);
     }
 
-    /// Runs the reclaim hook unless one ran within [`RECLAIM_INTERVAL`].
-    /// Returns whether it ran.
-    fn reclaim(&self) -> bool {
-        let Some(f) = self.reclaim.get() else {
-            return false;
-        };
-        {
-            let mut last = self.last_reclaim.lock().unwrap_or_else(|e| e.into_inner());
-            let now = std::time::Instant::now();
-            if last.is_some_and(|t| now.duration_since(t) < RECLAIM_INTERVAL) {
-                return false;
-            }
-            *last = Some(now);
-        }
-        f();
-        true
+    /// Runs the reclaim hook (the monitor shares and bounds the work).
+    fn reclaim(&self) -> Option<usize> {
+        self.reclaim.get().map(|f| f())
     }
 
     /// The memory guard: counts `size` as in flight if it fits, with every
@@ -186,9 +173,17 @@ impl Allocator {
             count: quota.buffers,
         };
         let mut attempt = self.registry.reserve(caller.uid, size, limit);
-        // Usage counts records until a scan sees their buffers freed: look
-        // before refusing.
-        if attempt.is_err() && self.reclaim() {
+        // Usage counts records until the monitor sees their buffers freed:
+        // look before refusing.
+        let mut tries = 0;
+        while attempt.is_err() && tries < RECLAIM_ATTEMPTS {
+            if tries > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1 << (2 * (tries - 1))));
+            }
+            tries += 1;
+            if self.reclaim().is_none() {
+                break;
+            }
             attempt = self.registry.reserve(caller.uid, size, limit);
         }
         attempt.map_err(|used| {
@@ -420,6 +415,7 @@ impl Allocator {
                 owner_pid: caller.pid,
                 owner_name: process_name(caller.pid),
                 allocated_at: SystemTime::now(),
+                committed_at: std::time::Instant::now(),
             },
         );
         Ok(Allocation {
@@ -604,7 +600,10 @@ mod tests {
         let st = nix::sys::stat::fstat(b.fd.as_fd()).unwrap();
         assert_eq!(st.st_ino, b.inode);
         assert_eq!(st.st_size, 8192);
-        let rec = a.registry().get(b.inode).unwrap();
+        let rec = a
+            .registry()
+            .get(crate::scan::BufferKey::memfd(b.inode))
+            .unwrap();
         assert_eq!(
             (rec.owner_uid, rec.size, rec.name.as_str()),
             (10001, 8192, "cam")
@@ -644,7 +643,8 @@ mod tests {
         assert_eq!(b.name, "h".repeat(30));
         let b = a.allocate(ME, &req("tab\theap", 1, "", 0)).unwrap();
         assert_eq!(b.name, "tab_heap");
-        assert_eq!(a.registry().get(b.inode).unwrap().name, "tab_heap");
+        let key = crate::scan::BufferKey::memfd(b.inode);
+        assert_eq!(a.registry().get(key).unwrap().name, "tab_heap");
     }
 
     /// An alias named like a real heap would silently send that heap's
@@ -751,7 +751,7 @@ mod tests {
     }
 
     #[test]
-    fn quota_refusal_first_reclaims_freed_buffers_at_most_every_interval() {
+    fn quota_refusal_first_reclaims_freed_buffers_a_bounded_number_of_times() {
         let a = Arc::new(alloc_with(
             Config::parse("[quota]\ndefault_buffers = 1").unwrap(),
         ));
@@ -763,14 +763,18 @@ mod tests {
         let r = runs.clone();
         a.set_reclaim(Box::new(move || {
             r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            reg.remove_freed(|rec| rec.inode == inode);
+            reg.remove_freed(|rec| rec.inode == inode)
         }));
         let second = a.allocate(ME, &req("system", 1, "", 0)).expect("reclaimed");
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
-        // Held, so a refusal now; the reclaim does not run again so soon.
+        // Held, so a refusal now, after a bounded number of looks (the
+        // monitor shares and rate-limits the work behind each look).
         let e = a.allocate(ME, &req("system", 1, "", 0)).unwrap_err();
         assert_eq!(e.kind, Kind::QuotaExceeded);
-        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            runs.load(std::sync::atomic::Ordering::SeqCst),
+            1 + RECLAIM_ATTEMPTS
+        );
         drop(second);
     }
 

@@ -46,6 +46,12 @@ pub struct ServiceConfig {
     pub privileged_uids: Vec<u32>,
     /// Period of the background scan that keeps hwm and the registry current.
     pub scan_interval_ms: u64,
+    /// Where holders and live buffers are read from.
+    pub scan_source: crate::scan::SourceChoice,
+    /// The registry journal that survives a restart of the service
+    /// (`None`: next to the RPC socket, or `/run/dmabufd/registry.journal`
+    /// on kernel binder; an empty path turns it off).
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +85,8 @@ impl Default for Config {
                 group: None,
                 privileged_uids: DEFAULT_PRIVILEGED_UIDS.to_vec(),
                 scan_interval_ms: 5000,
+                scan_source: crate::scan::SourceChoice::Auto,
+                state_file: None,
             },
             heaps: HeapsConfig {
                 dma_heap_dir: PathBuf::from("/dev/dma_heap"),
@@ -184,6 +192,15 @@ impl Config {
                 }
                 c.service.scan_interval_ms = ms;
             }
+            if let Some(src) = s.scan_source {
+                c.service.scan_source =
+                    crate::scan::SourceChoice::parse(&src).ok_or_else(|| {
+                        ConfigError(format!(
+                            "service.scan_source = {src:?}; allowed: \"auto\", \"bpf\", \"procfs\""
+                        ))
+                    })?;
+            }
+            c.service.state_file = s.state_file;
         }
         if let Some(h) = raw.heaps {
             if let Some(d) = h.dma_heap_dir {
@@ -317,6 +334,8 @@ struct RawService {
     group: Option<u32>,
     privileged_uids: Option<Vec<u32>>,
     scan_interval_ms: Option<u64>,
+    scan_source: Option<String>,
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -47,23 +47,46 @@ pub fn start_with(
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
-    let registry = Arc::new(Registry::new());
+    let service_ids = config
+        .service
+        .user
+        .map(|uid| (uid, config.service.group.unwrap_or(uid)));
+    // The journal is opened while still root (its directory may be new).
+    let (registry, loaded) = open_registry(&config, &transport, service_ids);
+    let registry = Arc::new(registry);
     let (allocator, discovery) = Allocator::discover(config, registry);
     let allocator = Arc::new(allocator);
 
+    // The scan source is chosen while still root: BPF programs are loaded
+    // and attached here, and stay readable after the drop.
+    let memfd_heaps = allocator
+        .heaps()
+        .iter()
+        .any(|h| h.kind == crate::heap::HeapKind::Memfd);
+    let chosen = crate::scan::source::choose(allocator.config().service.scan_source, memfd_heaps)?;
+    log::info!("scan source: {}", chosen.reason);
+    let bpf = chosen.source.name() == "bpf";
+    let monitor = Arc::new(Monitor::with_source(
+        allocator.registry().clone(),
+        chosen.source,
+        chosen.reason,
+    ));
+    recover(&monitor, allocator.registry(), loaded);
+
     // Privileges go before any thread starts (capabilities are per thread)
     // and before registering (the hub policy admits only the service uid).
-    if let Some(uid) = allocator.config().service.user {
-        let gid = allocator.config().service.group.unwrap_or(uid);
-        let dropped = crate::privileges::drop_privileges(uid, gid)
+    if let Some((uid, gid)) = service_ids {
+        let keep: &[caps::Capability] = if bpf {
+            &[]
+        } else {
+            crate::privileges::KEPT_CAPABILITIES
+        };
+        let dropped = crate::privileges::drop_privileges(uid, gid, keep)
             .map_err(|e| format!("cannot drop privileges to {uid}:{gid}: {e}"))?;
         log::info!("{dropped}");
     }
-    let monitor = Arc::new(Monitor::new(allocator.registry().clone()));
     let reclaim = monitor.clone();
-    allocator.set_reclaim(Box::new(move || {
-        reclaim.refresh();
-    }));
+    allocator.set_reclaim(Box::new(move || reclaim.reclaim()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("dmabufd-scan")
@@ -103,6 +126,105 @@ pub fn start_with(
         _guard: guard,
         _runtime: runtime,
     })
+}
+
+/// Where the registry journal lives: the config's `state_file`, else next
+/// to the RPC socket, else `/run/dmabufd/` (Linux) or
+/// `/data/vendor/dmabufd/` (Android, cleared at boot by the rc).
+pub fn journal_path(config: &Config, transport: &Transport) -> Option<PathBuf> {
+    if let Some(p) = &config.service.state_file {
+        return (!p.as_os_str().is_empty()).then(|| p.clone());
+    }
+    Some(match transport {
+        Transport::Rpc(sock) => sock.with_extension("registry"),
+        Transport::Kernel if cfg!(target_os = "android") => {
+            PathBuf::from("/data/vendor/dmabufd/registry.journal")
+        }
+        Transport::Kernel => PathBuf::from("/run/dmabufd/registry.journal"),
+    })
+}
+
+/// The registry, with its journal when one can be opened; a journal that
+/// cannot be opened is a warning (the service runs without restart
+/// recovery), never a failure to start.
+fn open_registry(
+    config: &Config,
+    transport: &Transport,
+    service_ids: Option<(u32, u32)>,
+) -> (Registry, Option<crate::journal::Loaded>) {
+    let Some(path) = journal_path(config, transport) else {
+        return (Registry::new(), None);
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            let made = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir);
+            // A directory we made for the service belongs to the service, so
+            // it can still compact the journal after the drop.
+            if let (Ok(()), Some((uid, gid))) = (made, service_ids) {
+                let _ = nix::unistd::chown(
+                    dir,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                );
+            }
+        }
+    }
+    match crate::journal::Journal::open(&path) {
+        Ok((journal, loaded)) => {
+            if let Some((uid, gid)) = service_ids {
+                let _ = nix::unistd::chown(
+                    &path,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                );
+            }
+            if let Some(w) = &loaded.warning {
+                log::warn!("registry journal {}: {w}", path.display());
+            }
+            (Registry::with_journal(journal), Some(loaded))
+        }
+        Err(e) => {
+            log::warn!(
+                "cannot open the registry journal {}: {e}; owners will not survive a restart",
+                path.display()
+            );
+            (Registry::new(), None)
+        }
+    }
+}
+
+/// Keeps the reloaded records whose buffers are still alive, logs how many
+/// of each, and rewrites the journal to the survivors.
+fn recover(monitor: &Monitor, registry: &Registry, loaded: Option<crate::journal::Loaded>) {
+    let Some(loaded) = loaded else { return };
+    if loaded.records.is_empty() {
+        registry.compact_journal();
+        return;
+    }
+    let n = loaded.records.len();
+    match monitor.current_scan() {
+        Ok(scan) => {
+            let (kept, dropped) =
+                crate::journal::still_alive(loaded.records, scan.live.as_deref(), &scan.processes);
+            log::info!(
+                "restart: {} of {n} recorded buffers still alive, owners kept; {} freed while down, dropped",
+                kept.len(),
+                dropped.len()
+            );
+            registry.restore(kept);
+        }
+        Err(e) => {
+            // Nothing can be checked: keep them all; the monitor drops the
+            // freed ones at its first scan.
+            log::warn!("restart: cannot scan ({e}); keeping all {n} recorded buffers for now");
+            registry.restore(loaded.records);
+        }
+    }
+    registry.compact_journal();
 }
 
 /// Blocks until SIGINT or SIGTERM.

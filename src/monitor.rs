@@ -2,62 +2,220 @@
 //! demand, and in the background after allocations (coalesced) and on a
 //! period, so hwm is observed at each allocation, each report and each
 //! periodic scan, and records of freed buffers are dropped.
+//!
+//! Scans are single-flight: at most one runs, and every request that
+//! arrived while it ran shares the next one (a view that started after the
+//! request, so it is fresh), so any number of callers cause at most one
+//! scan in flight and one queued. A failed scan changes nothing (it never drops records).
+//! Quota reclaim reads only the kernel's list of live buffers where the
+//! source has one (O(live buffers), no procfs).
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::accounting::{self, Accounting, HwmTracker};
-use crate::procfs;
+use crate::procfs::{self, ProcessScan};
 use crate::registry::Registry;
+use crate::scan::{BufferKind, ScanSource};
+
+/// An unprivileged uid forces at most one fresh scan this often.
+pub const PER_UID_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long the background scanner waits after an allocation before
-/// scanning, so a burst of allocations costs one scan: under sustained
-/// allocation at most about two scans a second compete with the allocating
-/// threads for CPU.
+/// scanning, so a burst of allocations costs one scan.
 pub const ALLOCATION_SCAN_DELAY: Duration = Duration::from_millis(500);
+
+struct Shared {
+    started: Instant,
+    accounting: Arc<Accounting>,
+}
 
 pub struct Monitor {
     registry: Arc<Registry>,
-    proc_root: PathBuf,
+    source: Box<dyn ScanSource>,
+    /// One line: which source and why (start-up log, dump, dmabufctl).
+    source_reason: String,
     hwm: Mutex<HwmTracker>,
     /// Wakes the background scanner after an allocation.
     allocated: tokio::sync::Notify,
+    /// Held while scanning: the single flight.
+    scanning: Mutex<()>,
+    last: Mutex<Option<Shared>>,
+    /// `Registry::freed_total` at the last journal compaction.
+    compacted_at: Mutex<u64>,
+    /// When each unprivileged uid last forced a fresh scan.
+    asked_by: Mutex<std::collections::HashMap<u32, Instant>>,
+}
+
+/// A scan that could not be made (nothing was changed).
+#[derive(Clone, Debug)]
+pub struct ScanFailed(pub String);
+
+impl std::fmt::Display for ScanFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Monitor {
+    /// A monitor over the procfs source (tests, tools).
     pub fn new(registry: Arc<Registry>) -> Monitor {
+        Monitor::with_source(
+            registry,
+            Box::new(crate::scan::ProcfsSource::new()),
+            "procfs".into(),
+        )
+    }
+
+    pub fn with_source(
+        registry: Arc<Registry>,
+        source: Box<dyn ScanSource>,
+        source_reason: String,
+    ) -> Monitor {
         Monitor {
             registry,
-            proc_root: PathBuf::from(procfs::PROC_ROOT),
+            source,
+            source_reason,
             hwm: Mutex::new(HwmTracker::new()),
             allocated: tokio::sync::Notify::new(),
+            scanning: Mutex::new(()),
+            last: Mutex::new(None),
+            compacted_at: Mutex::new(0),
+            asked_by: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
-    /// Scans every process, joins the scan with the registry, observes hwm,
-    /// and applies what the scan learnt (renames, freed buffers).
-    pub fn refresh(&self) -> Accounting {
-        let scans = match procfs::scan_all(&self.proc_root) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot list {}: {e}", self.proc_root.display());
-                Vec::new()
+    /// `bpf` or `procfs`.
+    pub fn source_name(&self) -> &'static str {
+        self.source.name()
+    }
+
+    /// Which source and why, in one line.
+    pub fn source_reason(&self) -> &str {
+        &self.source_reason
+    }
+
+    pub fn exact_liveness(&self) -> bool {
+        self.source.exact_liveness()
+    }
+
+    /// A view that started no earlier than this call: made here, or by
+    /// another caller that got the scan lock first. Applies what the scan learnt (renames,
+    /// freed buffers) to the registry.
+    pub fn refresh(&self) -> Result<Arc<Accounting>, ScanFailed> {
+        let asked = Instant::now();
+        let _flight = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = &*self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+            if last.started >= asked {
+                return Ok(last.accounting.clone());
             }
-        };
+        }
+        let started = Instant::now();
+        let acc = Arc::new(self.scan_now()?);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Shared {
+            started,
+            accounting: acc.clone(),
+        });
+        Ok(acc)
+    }
+
+    fn scan_now(&self) -> Result<Accounting, ScanFailed> {
+        // Records before the scan: each was committed before the kernel's
+        // list was read, so if its buffer lives, the list has it.
         let records = self.registry.snapshot();
+        let scan = self
+            .source
+            .scan()
+            .map_err(|e| ScanFailed(format!("{} scan failed: {e}", self.source.name())))?;
+        let mut processes = scan.processes;
         let acc = {
             let mut hwm = self.hwm.lock().unwrap_or_else(|e| e.into_inner());
-            accounting::build(&scans, &records, &mut hwm, SystemTime::now())
+            // Sources that list only referencing processes: keep a process
+            // that dropped its buffers visible while it lives (its hwm).
+            add_tracked_processes(&mut processes, &hwm);
+            accounting::build(
+                &processes,
+                scan.live.as_deref(),
+                &records,
+                &mut hwm,
+                Instant::now(),
+            )
         };
-        for (inode, name) in &acc.renamed {
-            self.registry.rename(*inode, name);
+        for (key, name) in &acc.renamed {
+            self.registry.rename(*key, name);
         }
-        let freed = self.registry.remove_freed(|r| acc.gone.contains(&r.inode));
+        let freed = self.registry.remove_freed(|r| acc.gone.contains(&r.key()));
         if freed > 0 {
             log::debug!("{freed} buffers freed since the last scan");
         }
-        acc
+        // Compact when anything was freed since the last compaction (here
+        // or by a quota reclaim), so the journal stays O(live records).
+        let total = self.registry.freed_total();
+        let mut compacted = self.compacted_at.lock().unwrap_or_else(|e| e.into_inner());
+        if *compacted != total {
+            self.registry.compact_journal();
+            *compacted = total;
+        }
+        Ok(acc)
+    }
+
+    /// [`Monitor::refresh`] for an unprivileged caller: a uid gets at most
+    /// one fresh scan per [`PER_UID_INTERVAL`]; asking again sooner returns
+    /// the latest view (at most that old), so no app can keep the scanner
+    /// busy for everyone else.
+    pub fn refresh_for(&self, uid: u32) -> Result<Arc<Accounting>, ScanFailed> {
+        let now = Instant::now();
+        {
+            let mut asked = self.asked_by.lock().unwrap_or_else(|e| e.into_inner());
+            asked.retain(|_, t| now.duration_since(*t) < PER_UID_INTERVAL);
+            if asked.contains_key(&uid) {
+                if let Some(last) = &*self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+                    return Ok(last.accounting.clone());
+                }
+            }
+            asked.insert(uid, now);
+        }
+        self.refresh()
+    }
+
+    /// One raw scan from the source (start-up recovery).
+    pub fn current_scan(&self) -> std::io::Result<crate::scan::Scan> {
+        self.source.scan()
+    }
+
+    /// Drops the records of freed buffers before a quota refusal. With the
+    /// kernel's list this reads only the list; otherwise it takes a shared
+    /// full scan. Returns how many records were dropped.
+    pub fn reclaim(&self) -> usize {
+        if !self.source.exact_liveness() {
+            let before = self.registry.len();
+            if let Err(e) = self.refresh() {
+                log::warn!("reclaim: {e}");
+            }
+            return before.saturating_sub(self.registry.len());
+        }
+        let records = self.registry.snapshot();
+        let live = match self.source.live() {
+            Ok(Some(l)) => l,
+            Ok(None) => return 0,
+            Err(e) => {
+                log::warn!("reclaim: cannot read the kernel's buffer list: {e}");
+                return 0;
+            }
+        };
+        let alive: BTreeSet<_> = live.iter().map(|b| b.key).collect();
+        let gone: BTreeSet<_> = records
+            .iter()
+            .map(|r| r.key())
+            .filter(|k| k.kind == BufferKind::DmaBuf && !alive.contains(k))
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        // The journal is compacted by the next background scan, not here
+        // on the allocation path.
+        self.registry.remove_freed(|r| gone.contains(&r.key()))
     }
 
     /// Resets the high-water mark of `pid`, or of every process for 0.
@@ -87,9 +245,197 @@ impl Monitor {
                 }
             }
             let me = self.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || me.refresh()).await {
-                log::error!("background scan failed: {e}");
+            match tokio::task::spawn_blocking(move || me.refresh()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => log::warn!("background scan: {e}; records kept"),
+                Err(e) => log::error!("background scan failed: {e}"),
             }
         }
+    }
+}
+
+/// Adds an empty entry for each pid the hwm tracker knows that the scan
+/// left out but that still exists.
+fn add_tracked_processes(processes: &mut Vec<ProcessScan>, hwm: &HwmTracker) {
+    let listed: BTreeSet<i32> = processes.iter().map(|p| p.pid).collect();
+    let root = std::path::Path::new(procfs::PROC_ROOT);
+    let mut added = false;
+    for pid in hwm.pids() {
+        if listed.contains(&pid) {
+            continue;
+        }
+        if let Some((uid, comm)) = procfs::identity(root, pid) {
+            processes.push(ProcessScan {
+                pid,
+                uid,
+                comm,
+                result: Ok(Vec::new()),
+            });
+            added = true;
+        }
+    }
+    if added {
+        processes.sort_by_key(|p| p.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::HeapKind;
+    use crate::registry::{BufferRecord, Usage};
+    use crate::scan::{BufferKey, LiveBuffer, Scan};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    /// A source whose answers the test sets.
+    #[derive(Default)]
+    struct Scripted {
+        fail: std::sync::atomic::AtomicBool,
+        live: Mutex<Vec<LiveBuffer>>,
+        scans: AtomicUsize,
+        lists: AtomicUsize,
+        delay: Duration,
+    }
+
+    impl ScanSource for Arc<Scripted> {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn exact_liveness(&self) -> bool {
+            true
+        }
+        fn scan(&self) -> std::io::Result<Scan> {
+            self.scans.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            if self.fail.load(Ordering::SeqCst) {
+                // What a full fd table gives when listing /proc.
+                return Err(std::io::Error::from_raw_os_error(nix::libc::EMFILE));
+            }
+            Ok(Scan {
+                processes: Vec::new(),
+                live: Some(self.live.lock().unwrap().clone()),
+            })
+        }
+        fn live(&self) -> std::io::Result<Option<Vec<LiveBuffer>>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(self.live.lock().unwrap().clone()))
+        }
+    }
+
+    fn record(inode: u64) -> BufferRecord {
+        BufferRecord {
+            inode,
+            heap: "system".into(),
+            kind: HeapKind::DmaHeap,
+            size: 4096,
+            name: "b".into(),
+            owner_uid: 10001,
+            owner_pid: 1,
+            owner_name: "app".into(),
+            allocated_at: SystemTime::now(),
+            committed_at: Instant::now(),
+        }
+    }
+
+    fn setup(delay: Duration) -> (Arc<Scripted>, Arc<Registry>, Arc<Monitor>) {
+        let src = Arc::new(Scripted {
+            delay,
+            ..Default::default()
+        });
+        let reg = Arc::new(Registry::new());
+        let l = Usage {
+            bytes: u64::MAX,
+            count: u64::MAX,
+        };
+        for i in 1..=3 {
+            reg.commit(reg.reserve(10001, 4096, l).unwrap(), record(i));
+        }
+        let m = Arc::new(Monitor::with_source(
+            reg.clone(),
+            Box::new(src.clone()),
+            "scripted".into(),
+        ));
+        (src, reg, m)
+    }
+
+    fn listed(inode: u64) -> LiveBuffer {
+        LiveBuffer {
+            key: BufferKey::dmabuf(inode),
+            size: 4096,
+            exporter: "system".into(),
+            name: "b".into(),
+        }
+    }
+
+    /// Today's bug: an EMFILE listing /proc was an empty scan, which
+    /// declared every buffer freed and wiped every owner.
+    #[test]
+    fn a_failed_scan_keeps_every_record() {
+        let (src, reg, m) = setup(Duration::ZERO);
+        src.fail.store(true, Ordering::SeqCst);
+        assert!(m.refresh().is_err());
+        assert_eq!(reg.len(), 3);
+        assert_eq!(reg.usage_of(10001).count, 3);
+        src.fail.store(false, Ordering::SeqCst);
+        *src.live.lock().unwrap() = vec![listed(1), listed(3)];
+        m.refresh().unwrap();
+        assert_eq!(reg.len(), 2);
+    }
+
+    /// Quota reclaim reads only the kernel's list, never a full scan.
+    #[test]
+    fn reclaim_reads_only_the_live_list() {
+        let (src, reg, m) = setup(Duration::ZERO);
+        *src.live.lock().unwrap() = vec![listed(2)];
+        assert_eq!(m.reclaim(), 2);
+        assert_eq!(reg.usage_of(10001).count, 1);
+        assert_eq!(src.scans.load(Ordering::SeqCst), 0);
+        assert_eq!(src.lists.load(Ordering::SeqCst), 1);
+    }
+
+    /// One uid asking in a loop gets one fresh scan per interval; another
+    /// uid still gets its own fresh view.
+    #[test]
+    fn an_unprivileged_uid_forces_at_most_one_scan_per_interval() {
+        let (src, _reg, m) = setup(Duration::ZERO);
+        for _ in 0..50 {
+            m.refresh_for(10001).unwrap();
+        }
+        assert_eq!(src.scans.load(Ordering::SeqCst), 1);
+        m.refresh_for(10002).unwrap();
+        assert_eq!(src.scans.load(Ordering::SeqCst), 2);
+    }
+
+    /// Sixteen callers at once cause one scan, never sixteen; each gets a
+    /// view that started after it asked.
+    #[test]
+    fn concurrent_refreshes_share_scans() {
+        let (src, _reg, m) = setup(Duration::ZERO);
+        *src.live.lock().unwrap() = vec![listed(1), listed(2), listed(3)];
+        // A scan "in progress" while the callers arrive.
+        let in_progress = m.scanning.lock().unwrap();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (m, arrived) = (m.clone(), arrived.clone());
+                std::thread::spawn(move || {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    m.refresh().unwrap();
+                })
+            })
+            .collect();
+        while arrived.load(Ordering::SeqCst) < 16 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        drop(in_progress);
+        for t in threads {
+            t.join().unwrap();
+        }
+        // One scan serves all of them (two only if a thread was descheduled
+        // between arriving and asking for more than 50 ms).
+        let n = src.scans.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&n), "{n} scans for 16 concurrent callers");
     }
 }

@@ -25,7 +25,9 @@ use std::io;
 use caps::{CapSet, Capability};
 use nix::unistd::{getegid, geteuid, getgid, getuid, setgroups, setresgid, setresuid, Gid, Uid};
 
-/// The capabilities the service keeps after the drop.
+/// The capabilities the service keeps after the drop in procfs mode (to
+/// read other processes' fdinfo and maps). With the BPF scan source it
+/// keeps none: the iterators loaded as root stay readable.
 pub const KEPT_CAPABILITIES: &[Capability] = &[Capability::CAP_SYS_PTRACE];
 
 /// What [`drop_privileges`] did, for the start-up log.
@@ -74,7 +76,8 @@ impl fmt::Display for PrivilegeDrop {
     }
 }
 
-/// Switches from root to `uid`/`gid`, keeping only [`KEPT_CAPABILITIES`].
+/// Switches from root to `uid`/`gid`, keeping only `keep` (the scan
+/// source's needs: [`KEPT_CAPABILITIES`] for procfs, nothing for BPF).
 ///
 /// When the process is not root, does nothing and returns
 /// [`PrivilegeDrop::NotRoot`]. Refuses uid or gid 0 (that would drop
@@ -82,7 +85,7 @@ impl fmt::Display for PrivilegeDrop {
 /// After it returns `Dropped` the process cannot regain root: real, effective
 /// and saved ids are all changed and the bounding set no longer holds
 /// CAP_SETUID/CAP_SETGID/CAP_SETPCAP.
-pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<PrivilegeDrop> {
+pub fn drop_privileges(uid: u32, gid: u32, keep: &[Capability]) -> io::Result<PrivilegeDrop> {
     if !geteuid().is_root() {
         return Ok(PrivilegeDrop::NotRoot {
             uid: getuid().as_raw(),
@@ -102,14 +105,18 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<PrivilegeDrop> {
              capability sets are per thread"
         )));
     }
-    drop_current_thread(uid, gid)
+    drop_current_thread(uid, gid, keep)
 }
 
 /// The drop itself, for the calling thread. Public to the crate so the tests
 /// can run it inside libtest's worker thread (libtest never runs a test on
 /// the main thread, so the process always has two threads there).
-pub(crate) fn drop_current_thread(uid: u32, gid: u32) -> io::Result<PrivilegeDrop> {
-    let kept: HashSet<Capability> = KEPT_CAPABILITIES.iter().copied().collect();
+pub(crate) fn drop_current_thread(
+    uid: u32,
+    gid: u32,
+    keep: &[Capability],
+) -> io::Result<PrivilegeDrop> {
+    let kept: HashSet<Capability> = keep.iter().copied().collect();
 
     // Bounding set first, while CAP_SETPCAP is still effective. Every
     // capability the kernel knows that we do not keep goes, so nothing this
@@ -223,17 +230,17 @@ mod tests {
         if !geteuid().is_root() {
             // The checks below only run as root; as non-root it is a no-op.
             skipped("refuses_root_as_target_or_multithreaded_when_root");
-            let r = drop_privileges(0, 0).unwrap();
+            let r = drop_privileges(0, 0, KEPT_CAPABILITIES).unwrap();
             assert!(matches!(r, PrivilegeDrop::NotRoot { .. }));
             return;
         }
-        let e = drop_privileges(0, SERVICE_ID).unwrap_err();
+        let e = drop_privileges(0, SERVICE_ID, KEPT_CAPABILITIES).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         // With a second thread alive the call must refuse before changing
         // anything (the extra thread makes sure of it whatever libtest does).
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let other = std::thread::spawn(move || rx.recv());
-        let result = drop_privileges(SERVICE_ID, SERVICE_ID);
+        let result = drop_privileges(SERVICE_ID, SERVICE_ID, KEPT_CAPABILITIES);
         drop(tx);
         other.join().unwrap().unwrap_err();
         let e = result.unwrap_err();
@@ -311,9 +318,9 @@ mod tests {
             return;
         }
         let result = if geteuid().is_root() {
-            drop_current_thread(SERVICE_ID, SERVICE_ID).unwrap()
+            drop_current_thread(SERVICE_ID, SERVICE_ID, KEPT_CAPABILITIES).unwrap()
         } else {
-            drop_privileges(SERVICE_ID, SERVICE_ID).unwrap()
+            drop_privileges(SERVICE_ID, SERVICE_ID, KEPT_CAPABILITIES).unwrap()
         };
         // Leading newline: libtest prints "test <name> ... " without one.
         println!("\nRESULT: {result}");
@@ -353,7 +360,7 @@ mod tests {
         println!("PARENT_FD_DIR: {}", probe(format!("/proc/{parent}/fd")));
         println!(
             "SECOND: {}",
-            drop_privileges(SERVICE_ID, SERVICE_ID).unwrap()
+            drop_privileges(SERVICE_ID, SERVICE_ID, KEPT_CAPABILITIES).unwrap()
         );
     }
 }

@@ -22,22 +22,7 @@ use std::path::{Path, PathBuf};
 /// Where procfs is mounted on a normal system.
 pub const PROC_ROOT: &str = "/proc";
 
-/// What a buffer is, as procfs shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BufferKind {
-    /// A real dma-buf (`/dmabuf:` link, fdinfo with `exp_name:`).
-    DmaBuf,
-    /// A memfd (`/memfd:<name> (deleted)`): a buffer only if the service's
-    /// memfd heap allocated it; the accounting decides.
-    Memfd,
-}
-
-/// The identity of a buffer across processes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BufferKey {
-    pub kind: BufferKind,
-    pub inode: u64,
-}
+pub use crate::scan::{BufferKey, BufferKind};
 
 /// One buffer as referenced by one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,13 +111,9 @@ fn scan_all_with(proc_root: &Path, style: Style) -> io::Result<Vec<ProcessScan>>
         .collect())
 }
 
-/// Scans one process. `None` when there is no such process (or it exited
-/// during the scan).
-pub fn scan_process(proc_root: &Path, pid: i32) -> Option<ProcessScan> {
-    scan_process_with(proc_root, pid, Style::LinkFirst)
-}
-
-fn scan_process_with(proc_root: &Path, pid: i32, style: Style) -> Option<ProcessScan> {
+/// The real uid and `comm` of `pid` (both world-readable); `None` when
+/// there is no such process.
+pub fn identity(proc_root: &Path, pid: i32) -> Option<(u32, String)> {
     let dir = proc_root.join(pid.to_string());
     let comm = match fs::read_to_string(dir.join("comm")) {
         Ok(s) => s.trim_end_matches('\n').to_string(),
@@ -143,6 +124,18 @@ fn scan_process_with(proc_root: &Path, pid: i32, style: Style) -> Option<Process
         .ok()
         .and_then(|s| parse_status_uid(&s))
         .or_else(|| fs::metadata(&dir).ok().map(|m| m.uid()))?;
+    Some((uid, comm))
+}
+
+/// Scans one process. `None` when there is no such process (or it exited
+/// during the scan).
+pub fn scan_process(proc_root: &Path, pid: i32) -> Option<ProcessScan> {
+    scan_process_with(proc_root, pid, Style::LinkFirst)
+}
+
+fn scan_process_with(proc_root: &Path, pid: i32, style: Style) -> Option<ProcessScan> {
+    let dir = proc_root.join(pid.to_string());
+    let (uid, comm) = identity(proc_root, pid)?;
     let mut result = scan_references(&dir, style);
     if let Err(e) = &result {
         let exited = e.kind == io::ErrorKind::NotFound || e.errno == Some(nix::libc::ESRCH);
@@ -328,22 +321,29 @@ fn examine_fd(dir: &Path, fd_name: &OsStr, style: Style) -> Result<Option<FdSeen
             Err(e) => return Err(ScanError::new(&info_path, &e)),
         }
     }
+    // Identity from the kernel's own file (stat/statfs follow the fd link),
+    // never from fdinfo text, which ends with a name any holder may forge.
     let stat = || match fs::metadata(&fd_path) {
         Ok(m) => Ok(Some((m.ino(), m.size()))),
         Err(e) if gone(&e) => Ok(None),
         Err(e) => Err(ScanError::new(&fd_path, &e)),
     };
+    let Some(fs_type) = fs_magic(&fd_path).map_err(|e| ScanError::new(&fd_path, &e))? else {
+        return Ok(None);
+    };
+    let magic_ok = match kind {
+        BufferKind::DmaBuf => fs_type == DMA_BUF_MAGIC,
+        BufferKind::Memfd => fs_type == TMPFS_MAGIC || fs_type == HUGETLBFS_MAGIC,
+    };
+    if !magic_ok {
+        return Ok(None);
+    }
+    let Some((inode, size)) = stat()? else {
+        return Ok(None);
+    };
     match kind {
         BufferKind::DmaBuf => {
             let info = info.unwrap_or_default();
-            let (inode, size) = match (info.inode, info.size) {
-                (Some(i), Some(s)) => (i, s),
-                // Older kernels: no ino/size in fdinfo; stat tells both.
-                _ => match stat()? {
-                    Some(v) => v,
-                    None => return Ok(None),
-                },
-            };
             Ok(Some(FdSeen {
                 key: BufferKey { kind, inode },
                 size,
@@ -351,12 +351,26 @@ fn examine_fd(dir: &Path, fd_name: &OsStr, style: Style) -> Result<Option<FdSeen
                 name: info.name.unwrap_or(link_name),
             }))
         }
-        BufferKind::Memfd => Ok(stat()?.map(|(inode, size)| FdSeen {
+        BufferKind::Memfd => Ok(Some(FdSeen {
             key: BufferKey { kind, inode },
             size,
             exporter: None,
             name: link_name,
         })),
+    }
+}
+
+/// `f_type` of the dma-buf pseudo filesystem (uapi `linux/magic.h`).
+pub const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// `statfs(path).f_type`; `Ok(None)` when the path is gone.
+fn fs_magic(path: &Path) -> io::Result<Option<i64>> {
+    match nix::sys::statfs::statfs(path) {
+        Ok(st) => Ok(Some(st.filesystem_type().0)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
     }
 }
 
@@ -409,22 +423,40 @@ pub struct FdInfo {
 }
 
 /// Parses `/proc/<pid>/fdinfo/<fd>` text.
+///
+/// A dma-buf's name is printed raw as the last field, and any holder may set
+/// it (`DMA_BUF_SET_NAME`) to text with newlines and forged `ino:`/`size:`
+/// lines. So the FIRST value of each key wins (the kernel prints its own
+/// fields before the name), and everything after `name:` is the name.
 pub fn parse_fdinfo(text: &str) -> FdInfo {
     let mut info = FdInfo::default();
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line, next) = match rest.split_once('\n') {
+            Some((l, n)) => (l, n),
+            None => (rest, ""),
         };
-        let value = value.trim_start_matches(['\t', ' ']);
-        match key {
-            "ino" => info.inode = value.trim().parse().ok(),
-            "mnt_id" => info.mnt_id = value.trim().parse().ok(),
-            "size" => info.size = value.trim().parse().ok(),
-            "count" => info.count = value.trim().parse().ok(),
-            "exp_name" => info.exporter = Some(value.to_string()),
-            "name" => info.name = Some(value.to_string()),
-            _ => {}
+        if let Some((key, value)) = line.split_once(':') {
+            let value = value.trim_start_matches(['\t', ' ']);
+            let num = || value.trim().parse().ok();
+            match key {
+                "ino" if info.inode.is_none() => info.inode = num(),
+                "mnt_id" if info.mnt_id.is_none() => info.mnt_id = num(),
+                "size" if info.size.is_none() => info.size = num(),
+                "count" if info.count.is_none() => info.count = num(),
+                "exp_name" if info.exporter.is_none() => info.exporter = Some(value.to_string()),
+                "name" => {
+                    // The rest of the text, newlines included, minus the
+                    // kernel's final newline.
+                    let start = line.len() - value.len();
+                    let whole = &rest[start..];
+                    info.name = Some(whole.strip_suffix('\n').unwrap_or(whole).to_string());
+                    break;
+                }
+                _ => {}
+            }
         }
+        rest = next;
     }
     info
 }
@@ -648,6 +680,24 @@ mod tests {
                 exporter: Some("system".into()),
                 name: Some("camera-preview".into()),
             }
+        );
+    }
+
+    /// A holder renamed its buffer (DMA_BUF_SET_NAME has no character
+    /// filter) to forge an inode and a size: the kernel prints the name raw
+    /// as the last field (seen on 6.18, bpf.md).
+    #[test]
+    fn an_injected_name_cannot_change_inode_size_or_exporter() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t13\nino:\t4242\nsize:\t65536\n\
+                    count:\t1\nexp_name:\tsystem\nname:\tx\nino:\t1\nsize:\t999\n\
+                    exp_name:\tforged\n";
+        let i = parse_fdinfo(text);
+        assert_eq!(i.inode, Some(4242));
+        assert_eq!(i.size, Some(65536));
+        assert_eq!(i.exporter.as_deref(), Some("system"));
+        assert_eq!(
+            i.name.as_deref(),
+            Some("x\nino:\t1\nsize:\t999\nexp_name:\tforged")
         );
     }
 

@@ -1,15 +1,24 @@
 //! The record of every buffer this service handed out: who owns it, which
-//! heap served it, its size and current name. Keyed by the buffer's inode
-//! (the identity fdinfo and maps show in every process).
+//! heap served it, its size and current name. Keyed by kind AND inode
+//! ([`BufferKey`]): dma-buf and memfd inode numbers are counted separately
+//! by the kernel and do collide.
+//!
+//! A record lives until its buffer leaves the kernel's list of live
+//! buffers (see `monitor.rs`), not until procfs stops seeing holders.
+//! Per-uid usage is kept as counters, so a quota check is O(1). With a
+//! [`Journal`] every commit is appended to a file that survives a restart
+//! of the service (see `journal.rs`).
 //!
 //! The registry holds records only, never an fd or a mapping: a buffer the
 //! service kept open would be attributed to the service.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::heap::HeapKind;
+use crate::journal::Journal;
+use crate::scan::{BufferKey, BufferKind};
 
 /// One buffer allocated through the service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +35,23 @@ pub struct BufferRecord {
     pub owner_pid: i32,
     pub owner_name: String,
     pub allocated_at: SystemTime,
+    /// When this service instance committed (or reloaded) the record: the
+    /// monotonic clock of the procfs fallback's in-flight allowance.
+    pub committed_at: Instant,
+}
+
+impl BufferRecord {
+    /// The identity under which the kernel and procfs show the buffer.
+    pub fn key(&self) -> BufferKey {
+        let kind = match self.kind {
+            HeapKind::Memfd => BufferKind::Memfd,
+            HeapKind::DmaHeap | HeapKind::Udmabuf => BufferKind::DmaBuf,
+        };
+        BufferKey {
+            kind,
+            inode: self.inode,
+        }
+    }
 }
 
 /// Live usage of one uid, counted for quotas.
@@ -44,7 +70,9 @@ pub struct HeapUsage {
 
 #[derive(Default)]
 struct Inner {
-    buffers: HashMap<u64, BufferRecord>,
+    buffers: HashMap<BufferKey, BufferRecord>,
+    /// Live records per owner uid (kept in step with `buffers`).
+    owned: HashMap<u32, Usage>,
     /// Bytes/count reserved by allocations in flight, so that concurrent
     /// requests of one uid cannot overshoot its quota together.
     pending: HashMap<u32, Usage>,
@@ -55,6 +83,7 @@ struct Inner {
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    journal: Option<Journal>,
 }
 
 /// A reservation of quota for an allocation in flight. Call
@@ -95,6 +124,32 @@ impl Registry {
         Self::default()
     }
 
+    /// A registry that appends every commit to `journal`.
+    pub fn with_journal(journal: Journal) -> Self {
+        Registry {
+            inner: Mutex::default(),
+            journal: Some(journal),
+        }
+    }
+
+    /// Adds records a previous instance left whose buffers are still alive.
+    pub fn restore(&self, records: Vec<BufferRecord>) {
+        let mut inner = self.lock();
+        for r in records {
+            insert_locked(&mut inner, r);
+        }
+    }
+
+    /// Rewrites the journal to hold exactly the live records (off the
+    /// allocation path: after the monitor removed freed records).
+    pub fn compact_journal(&self) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.compact(|| self.snapshot()) {
+                log::warn!("cannot compact {}: {e}", j.path().display());
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock must not take accounting down with it.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -132,31 +187,33 @@ impl Registry {
         r.released = true;
     }
 
-    /// Turns a reservation into a live record.
+    /// Turns a reservation into a live record (appended to the journal).
     pub fn commit(&self, mut r: Reservation<'_>, record: BufferRecord) {
-        let mut inner = self.lock();
-        release_locked(&mut inner, &r);
-        r.released = true;
-        if let Some(old) = inner.buffers.insert(record.inode, record) {
-            // The inode was recycled: the old buffer is gone.
-            log::debug!(
-                "inode {} reused; dropping stale record of {:?}",
-                old.inode,
-                old.name
-            );
-            inner.freed_total += 1;
+        let line = self.journal.as_ref().map(|_| Journal::line_of(&record));
+        {
+            let mut inner = self.lock();
+            release_locked(&mut inner, &r);
+            r.released = true;
+            insert_locked(&mut inner, record);
+        }
+        // After the insert: a compaction in between keeps the record from
+        // its snapshot, and a replay drops the duplicate line.
+        if let (Some(j), Some(line)) = (&self.journal, line) {
+            if let Err(e) = j.append(&line) {
+                log::warn!("cannot append to {}: {e}", j.path().display());
+            }
         }
     }
 
-    pub fn get(&self, inode: u64) -> Option<BufferRecord> {
-        self.lock().buffers.get(&inode).cloned()
+    pub fn get(&self, key: BufferKey) -> Option<BufferRecord> {
+        self.lock().buffers.get(&key).cloned()
     }
 
-    /// All live records, ordered by inode.
+    /// All live records, ordered by key.
     pub fn snapshot(&self) -> Vec<BufferRecord> {
         let inner = self.lock();
         let mut v: Vec<_> = inner.buffers.values().cloned().collect();
-        v.sort_by_key(|r| r.inode);
+        v.sort_by_key(|r| r.key());
         v
     }
 
@@ -169,8 +226,8 @@ impl Registry {
     }
 
     /// Records a new name seen for a buffer (a holder renamed it).
-    pub fn rename(&self, inode: u64, name: &str) {
-        if let Some(r) = self.lock().buffers.get_mut(&inode) {
+    pub fn rename(&self, key: BufferKey, name: &str) {
+        if let Some(r) = self.lock().buffers.get_mut(&key) {
             if r.name != name {
                 r.name = name.to_string();
             }
@@ -180,11 +237,17 @@ impl Registry {
     /// Removes the records of buffers that are gone. Returns how many.
     pub fn remove_freed(&self, mut is_gone: impl FnMut(&BufferRecord) -> bool) -> usize {
         let mut inner = self.lock();
-        let before = inner.buffers.len();
-        inner.buffers.retain(|_, r| !is_gone(r));
-        let n = before - inner.buffers.len();
-        inner.freed_total += n as u64;
-        n
+        let gone: Vec<BufferKey> = inner
+            .buffers
+            .values()
+            .filter(|r| is_gone(r))
+            .map(|r| r.key())
+            .collect();
+        for key in &gone {
+            remove_locked(&mut inner, key);
+        }
+        inner.freed_total += gone.len() as u64;
+        gone.len()
     }
 
     /// How many records were removed as freed since start.
@@ -206,12 +269,39 @@ impl Registry {
 }
 
 fn usage_locked(inner: &Inner, uid: u32) -> Usage {
-    let mut u = inner.pending.get(&uid).copied().unwrap_or_default();
-    for r in inner.buffers.values().filter(|r| r.owner_uid == uid) {
-        u.bytes += r.size;
-        u.count += 1;
+    let p = inner.pending.get(&uid).copied().unwrap_or_default();
+    let o = inner.owned.get(&uid).copied().unwrap_or_default();
+    Usage {
+        bytes: p.bytes + o.bytes,
+        count: p.count + o.count,
     }
-    u
+}
+
+fn insert_locked(inner: &mut Inner, record: BufferRecord) {
+    let key = record.key();
+    if inner.buffers.contains_key(&key) {
+        // The inode was recycled: the old buffer is gone.
+        log::debug!("{key:?} reused; dropping the stale record");
+        remove_locked(inner, &key);
+        inner.freed_total += 1;
+    }
+    let o = inner.owned.entry(record.owner_uid).or_default();
+    o.bytes += record.size;
+    o.count += 1;
+    inner.buffers.insert(key, record);
+}
+
+fn remove_locked(inner: &mut Inner, key: &BufferKey) {
+    let Some(r) = inner.buffers.remove(key) else {
+        return;
+    };
+    if let Some(o) = inner.owned.get_mut(&r.owner_uid) {
+        o.bytes = o.bytes.saturating_sub(r.size);
+        o.count = o.count.saturating_sub(1);
+        if o.count == 0 {
+            inner.owned.remove(&r.owner_uid);
+        }
+    }
 }
 
 fn release_locked(inner: &mut Inner, r: &Reservation<'_>) {
@@ -239,6 +329,7 @@ mod tests {
             owner_pid: 1,
             owner_name: "t".into(),
             allocated_at: SystemTime::now(),
+            committed_at: Instant::now(),
         }
     }
 
@@ -310,6 +401,50 @@ mod tests {
         assert_eq!(reg.usage_of(7), Usage::default());
     }
 
+    /// dma-buf and shmem inode numbers are counted separately by the
+    /// kernel: the same number names two different buffers.
+    #[test]
+    fn a_memfd_and_a_dmabuf_with_the_same_inode_keep_both_records() {
+        let reg = Registry::new();
+        let l = Usage {
+            bytes: u64::MAX,
+            count: u64::MAX,
+        };
+        let mut dmabuf = rec(77, 1, 4096);
+        dmabuf.kind = HeapKind::DmaHeap;
+        let memfd = rec(77, 2, 8192);
+        reg.commit(reg.reserve(1, 4096, l).unwrap(), dmabuf.clone());
+        reg.commit(reg.reserve(2, 8192, l).unwrap(), memfd.clone());
+        assert_eq!(reg.len(), 2);
+        assert_eq!(reg.freed_total(), 0);
+        assert_eq!(reg.get(dmabuf.key()).unwrap().owner_uid, 1);
+        assert_eq!(reg.get(memfd.key()).unwrap().owner_uid, 2);
+        assert_eq!(
+            reg.usage_of(1),
+            Usage {
+                bytes: 4096,
+                count: 1
+            }
+        );
+        assert_eq!(
+            reg.usage_of(2),
+            Usage {
+                bytes: 8192,
+                count: 1
+            }
+        );
+        // Freeing one leaves the other and its owner's usage alone.
+        reg.remove_freed(|r| r.key() == dmabuf.key());
+        assert_eq!(reg.usage_of(1), Usage::default());
+        assert_eq!(
+            reg.usage_of(2),
+            Usage {
+                bytes: 8192,
+                count: 1
+            }
+        );
+    }
+
     #[test]
     fn remove_freed_and_totals() {
         let reg = Registry::new();
@@ -334,7 +469,8 @@ mod tests {
             reg.snapshot().iter().map(|r| r.inode).collect::<Vec<_>>(),
             vec![2]
         );
-        reg.rename(2, "renamed");
-        assert_eq!(reg.get(2).unwrap().name, "renamed");
+        let key = rec(2, 1, 4096).key();
+        reg.rename(key, "renamed");
+        assert_eq!(reg.get(key).unwrap().name, "renamed");
     }
 }

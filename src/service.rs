@@ -116,7 +116,12 @@ impl DmaBufService {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(no_such());
         }
-        let acc = self.monitor.refresh();
+        let acc = if self.allocator.config().is_privileged(c.uid) {
+            self.monitor.refresh()
+        } else {
+            self.monitor.refresh_for(c.uid)
+        }
+        .map_err(scan_failed)?;
         acc.process(pid)
             .map(report::aidl_process)
             .ok_or_else(no_such)
@@ -124,7 +129,8 @@ impl DmaBufService {
 
     fn memory_report(&self, c: Caller) -> Result<MemoryReport> {
         self.require_privileged(c, "getMemoryReport")?;
-        Ok(report::aidl_report(&self.monitor.refresh()))
+        let acc = self.monitor.refresh().map_err(scan_failed)?;
+        Ok(report::aidl_report(&acc))
     }
 
     fn reset_hwm(&self, c: Caller, pid: i32) -> Result<()> {
@@ -145,19 +151,41 @@ impl DmaBufService {
 
     /// The dump in the shape of Android's dmabuf_dump (see `dump -h`).
     pub fn render_dump(&self, w: &mut dyn Write, args: &[String]) -> std::io::Result<()> {
-        w.write_all(&report::dump_output(args, || self.monitor.refresh()))?;
+        use report::dump_args::DumpRequest;
+        let request = report::dump_args::parse(args);
+        match &request {
+            Ok(DumpRequest::Source) => {
+                return writeln!(w, "scan source: {}", self.monitor.source_reason())
+            }
+            // Help and argument errors need no scan.
+            Ok(DumpRequest::Help) | Err(_) => {
+                return w.write_all(&report::dump_output(args, no_scan))
+            }
+            _ => {}
+        }
+        let acc = match self.monitor.refresh() {
+            Ok(a) => a,
+            Err(e) => return writeln!(w, "error: {e}; try again"),
+        };
+        w.write_all(&report::dump_output(args, || acc.as_ref().clone()))?;
         // The registry's own state, under plain-text views only.
-        if let Ok(report::dump_args::DumpRequest::Text { csv: false, .. }) =
-            report::dump_args::parse(args)
-        {
+        if let Ok(DumpRequest::Text { csv: false, .. }) = request {
             let reg = self.allocator.registry();
-            // Nothing ever allocated: keep the one-line "nothing found".
+            writeln!(w, "\nscan source: {}", self.monitor.source_reason())?;
+            if !acc.exact_liveness {
+                writeln!(
+                    w,
+                    "liveness is approximate: without the kernel's list of live buffers, a buffer \
+                     only the kernel holds (a driver, an in-flight fd) looks freed"
+                )?;
+            }
+            // Nothing ever allocated: no registry line.
             if reg.is_empty() && reg.freed_total() == 0 {
                 return Ok(());
             }
             writeln!(
                 w,
-                "\nregistry: {} buffers allocated through dmabufd live, {} freed since start",
+                "registry: {} buffers allocated through dmabufd live, {} freed since start",
                 reg.len(),
                 reg.freed_total()
             )?;
@@ -225,6 +253,25 @@ impl rsbinder::observe::TransactionObserver for OnewayObserver {
 pub fn install_oneway_guard() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| rsbinder::observe::set_observer(Some(Arc::new(OnewayObserver))));
+}
+
+/// Help and argument errors render without a scan (`dump_output` does not
+/// call for one then; an empty view if it ever did).
+fn no_scan() -> crate::accounting::Accounting {
+    crate::accounting::build(
+        &[],
+        None,
+        &[],
+        &mut crate::accounting::HwmTracker::new(),
+        std::time::Instant::now(),
+    )
+}
+
+fn scan_failed(e: crate::monitor::ScanFailed) -> Error {
+    Error::new(
+        Kind::Internal,
+        format!("{e}; nothing was changed, try again"),
+    )
 }
 
 fn caller() -> Caller {

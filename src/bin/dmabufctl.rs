@@ -85,7 +85,21 @@ fn heaps(a: &Allocator) -> Result<(), String> {
             h.aliases.join(",")
         );
     }
+    // Which scan source the service uses (the dump is privileged: others
+    // see only the heaps).
+    if let Some(line) = scan_source(a) {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// The service's "scan source: ..." line, for privileged callers.
+fn scan_source(a: &Allocator) -> Option<String> {
+    let bytes = a.service().renderDump(&["--source".to_string()]).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    text.lines()
+        .find(|l| l.starts_with("scan source: "))
+        .map(str::to_string)
 }
 
 fn alloc_cmd(a: &Allocator, args: &[String]) -> Result<(), String> {
@@ -164,7 +178,13 @@ fn report(a: &Allocator, args: &[String]) -> Result<(), String> {
     let err = |e: dmabufd::client::Error| e.to_string();
     match (pid, json) {
         (Some(p), true) => print_json(&process_json(&a.process_memory(p).map_err(err)?)),
-        (None, true) => print_json(&report_json(&a.memory_report().map_err(err)?)),
+        (None, true) => {
+            let mut v = report_json(&a.memory_report().map_err(err)?);
+            if let Some(line) = scan_source(a) {
+                v["scan_source"] = line.trim_start_matches("scan source: ").into();
+            }
+            print_json(&v)
+        }
         (Some(p), false) => {
             let m = a.process_memory(p).map_err(err)?;
             print_process(&m);

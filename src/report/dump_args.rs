@@ -22,6 +22,8 @@ pub enum DumpRequest {
     Help,
     /// `--proto`: the whole report, protobuf-encoded (proto/dmabuf_report.proto).
     Proto,
+    /// `--source`: one line saying which scan source is active and why.
+    Source,
     /// A text (or CSV) report, optionally of one process.
     Text {
         view: View,
@@ -43,11 +45,11 @@ impl fmt::Display for DumpArgsError {
 impl std::error::Error for DumpArgsError {}
 
 /// The accepted arguments, for error messages.
-pub const ACCEPTED: &str = "-a, -b, --csv (or -o csv), --proto, --pid N, -h/--help";
+pub const ACCEPTED: &str = "-a, -b, --csv (or -o csv), --proto, --pid N, --source, -h/--help";
 
 /// The `-h` text.
 pub const HELP: &str = "\
-usage: dump [-a | -b] [--csv | -o csv] [--pid N] | --proto | -h
+usage: dump [-a | -b] [--csv | -o csv] [--pid N] | --proto | --source | -h
 DMA-BUF memory as seen by dmabufd: owner (who allocated) and holders
 (processes with fds or mappings), sizes in kB unless stated.
   (none)     per process: each buffer with Rss, Pss, nr_procs, Inode,
@@ -57,6 +59,7 @@ DMA-BUF memory as seen by dmabufd: owner (who allocated) and holders
   --csv      the same tables as CSV (also: -o csv)
   --pid N    only process N (with the default view or -a)
   --proto    the whole report as protobuf (schema: proto/dmabuf_report.proto)
+  --source   which scan source (bpf or procfs) is active, and why
   -h, --help this text
 ";
 
@@ -71,6 +74,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<DumpRequest, DumpArgsError> {
     while let Some(arg) = it.next() {
         match arg {
             "-h" | "--help" => return Ok(DumpRequest::Help),
+            "--source" => return Ok(DumpRequest::Source),
             "-a" | "-b" => {
                 let v = if arg == "-a" {
                     View::BufferByProcess

@@ -243,6 +243,8 @@ pub fn dump_output<S: AsRef<str>>(args: &[S], accounting: impl FnOnce() -> Accou
         // The message quotes the arguments: escaped, it stays one line.
         Err(e) => format!("error: {}\n", escape::escape(&e.to_string())).into_bytes(),
         Ok(DumpRequest::Help) => dump_args::HELP.as_bytes().to_vec(),
+        // The caller (the service) knows the source; nothing to render here.
+        Ok(DumpRequest::Source) => Vec::new(),
         Ok(DumpRequest::Proto) => proto_bytes(&accounting()),
         Ok(DumpRequest::Text { view, csv, pid }) => {
             text::render(&accounting(), view, csv, pid).into_bytes()
@@ -329,8 +331,17 @@ pub(crate) mod sample {
             owner_pid: 100,
             owner_name: "camera".into(),
             allocated_at: at() - Duration::from_secs(60),
+            committed_at: std::time::Instant::now(),
         }];
-        build(&scans, &registry, &mut HwmTracker::new(), at())
+        let mut a = build(
+            &scans,
+            None,
+            &registry,
+            &mut HwmTracker::new(),
+            std::time::Instant::now(),
+        );
+        a.built_at = at();
+        a
     }
 
     /// [`accounting`] with hostile strings: a command name and buffer names
@@ -383,8 +394,17 @@ pub(crate) mod sample {
             owner_pid: 100,
             owner_name: COMM.into(),
             allocated_at: at() - Duration::from_secs(60),
+            committed_at: std::time::Instant::now(),
         }];
-        build(&scans, &registry, &mut HwmTracker::new(), at())
+        let mut a = build(
+            &scans,
+            None,
+            &registry,
+            &mut HwmTracker::new(),
+            std::time::Instant::now(),
+        );
+        a.built_at = at();
+        a
     }
 
     pub fn empty() -> Accounting {
@@ -394,7 +414,15 @@ pub(crate) mod sample {
             comm: "init".into(),
             result: Ok(vec![]),
         }];
-        build(&scans, &[], &mut HwmTracker::new(), at())
+        let mut a = build(
+            &scans,
+            None,
+            &[],
+            &mut HwmTracker::new(),
+            std::time::Instant::now(),
+        );
+        a.built_at = at();
+        a
     }
 }
 

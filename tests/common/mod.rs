@@ -9,6 +9,33 @@ use std::time::{Duration, Instant};
 
 use dmabufd::client::Allocator;
 
+/// Starts dmabufd on `socket` with `dir/dmabufd.toml`. Its stderr goes to
+/// `dir/dmabufd.log` when that file exists ([`Service::start_logged`]),
+/// appended across restarts; else to the test's stderr.
+fn spawn_service(dir: &Path, socket: &Path) -> Child {
+    let log = dir.join("dmabufd.log");
+    let stderr = if log.exists() {
+        Stdio::from(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        )
+    } else {
+        Stdio::inherit()
+    };
+    Command::new(env!("CARGO_BIN_EXE_dmabufd"))
+        .arg("--config")
+        .arg(dir.join("dmabufd.toml"))
+        .arg("--rpc")
+        .arg(socket)
+        .env("DMABUFD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn dmabufd")
+}
+
 pub struct Service {
     pub child: Child,
     pub dir: PathBuf,
@@ -41,26 +68,29 @@ impl Service {
         let cfg = dir.join("dmabufd.toml");
         std::fs::write(&cfg, config).unwrap();
         let socket = dir.join("dmabufd.sock");
-        let stderr = if logged {
-            Stdio::from(std::fs::File::create(dir.join("dmabufd.log")).unwrap())
-        } else {
-            Stdio::inherit()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_dmabufd"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--rpc")
-            .arg(&socket)
-            .env("DMABUFD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn dmabufd");
+        if logged {
+            std::fs::File::create(dir.join("dmabufd.log")).unwrap();
+        }
+        let child = spawn_service(&dir, &socket);
         let svc = Service { child, dir, socket };
+        svc.wait_until_up();
+        svc
+    }
+
+    /// `kill -9` of the service, then a new one on the same socket, config
+    /// and state directory (what a supervisor does after a crash).
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = spawn_service(&self.dir, &self.socket);
+        self.wait_until_up();
+    }
+
+    fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if svc.socket.exists() && Allocator::connect_rpc(&svc.socket).is_ok() {
-                return svc;
+            if self.socket.exists() && Allocator::connect_rpc(&self.socket).is_ok() {
+                return;
             }
             assert!(Instant::now() < deadline, "dmabufd did not come up");
             std::thread::sleep(Duration::from_millis(20));

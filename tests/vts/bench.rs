@@ -25,7 +25,9 @@ const APPS: usize = 8;
 const ALLOCS_PER_APP: usize = 250;
 
 pub fn roles() -> Vec<(&'static str, app::Role)> {
-    vec![("bench-loop", bench_loop)]
+    let mut r: Vec<(&'static str, app::Role)> = vec![("bench-loop", bench_loop)];
+    r.extend(crate::scan_bench::roles());
+    r
 }
 
 pub fn main(_args: &[String]) -> ExitCode {
@@ -104,7 +106,8 @@ fn run() -> Result<(), String> {
             );
         }
     }
-    throughput()
+    throughput()?;
+    crate::scan_bench::run()
 }
 
 /// 8 app processes (uids 10001/10002), each allocating and freeing 4 KiB

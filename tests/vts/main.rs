@@ -12,6 +12,7 @@ mod bench;
 mod cases;
 mod harness;
 mod proc_scan;
+mod scan_bench;
 mod stand_in;
 mod support;
 

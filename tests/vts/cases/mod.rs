@@ -6,6 +6,7 @@ use crate::harness::Case;
 
 mod alloc;
 mod errors;
+mod exact;
 mod isolation;
 pub mod lifecycle;
 mod reports;
@@ -21,6 +22,9 @@ pub fn all() -> Vec<Case> {
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
     cases.extend(stress::cases());
+    cases.extend(exact::cases());
+    // Last: it kills and restarts the service.
+    cases.extend(exact::restart_cases());
     cases
 }
 
@@ -33,6 +37,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         lifecycle::roles(),
         reports::roles(),
         stress::roles(),
+        exact::roles(),
     ]
     .into_iter()
     .flatten()
