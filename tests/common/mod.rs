@@ -15,12 +15,7 @@ use dmabufd::client::Allocator;
 fn spawn_service(dir: &Path, socket: &Path) -> Child {
     let log = dir.join("dmabufd.log");
     let stderr = if log.exists() {
-        Stdio::from(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&log)
-                .unwrap(),
-        )
+        Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
     } else {
         Stdio::inherit()
     };
