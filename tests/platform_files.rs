@@ -658,6 +658,7 @@ fn systemd_unit_has_the_hardening_the_service_allows() {
         "SystemCallArchitectures=native",
         "SystemCallErrorNumber=EPERM",
         "RuntimeDirectory=dmabufd",
+        "RuntimeDirectoryPreserve=restart",
         "LockPersonality=yes",
         "RestrictRealtime=yes",
         "ProtectKernelTunables=yes",
