@@ -396,6 +396,21 @@ fn buffer_by_process(a: &Accounting, csv: bool, only: Option<i32>, out: &mut Str
     out.push_str(&if csv { t.csv() } else { t.text() });
 }
 
+/// Who references a buffer: the holder pids, or `kernel` when the kernel's
+/// list says it lives and no process references it (a driver, an fd in
+/// flight), or `none readable` where liveness is only inferred.
+fn held_by(a: &Accounting, b: &crate::accounting::BufferView) -> String {
+    if !b.holders.is_empty() {
+        let pids: Vec<String> = b.holders.iter().map(|h| h.pid.to_string()).collect();
+        return pids.join(" ");
+    }
+    if a.exact_liveness {
+        "kernel".into()
+    } else {
+        "none readable".into()
+    }
+}
+
 fn per_buffer(a: &Accounting, csv: bool, out: &mut String) {
     let sep = if csv { "," } else { " | " };
     let mut t = Table::new(
@@ -406,6 +421,7 @@ fn per_buffer(a: &Accounting, csv: bool, out: &mut String) {
             ("Name", Align::Left),
             ("nr_procs", Align::Right),
             ("Owner", Align::Left),
+            ("Held by", Align::Left),
         ],
         sep,
     );
@@ -417,6 +433,7 @@ fn per_buffer(a: &Accounting, csv: bool, out: &mut String) {
             b.name.clone(),
             b.holders.len().to_string(),
             owner_text(&b.owner),
+            held_by(a, b),
         ]);
     }
     let mut e = Table::new(
@@ -467,7 +484,12 @@ fn per_buffer(a: &Accounting, csv: bool, out: &mut String) {
         out.push_str(&e.text());
         out.push('\n');
         out.push_str(&total_line);
-        if a.unreferenced_bytes > 0 {
+        if a.unreferenced_bytes > 0 && a.exact_liveness {
+            out.push_str(&format!(
+                "Held by the kernel only (no process references them): {} bytes\n",
+                a.unreferenced_bytes
+            ));
+        } else if a.unreferenced_bytes > 0 {
             out.push_str(&format!(
                 "Allocated by dmabufd, no readable holder: {} bytes\n",
                 a.unreferenced_bytes
@@ -678,7 +700,8 @@ mod tests {
                 "Exporter Name",
                 "Name",
                 "nr_procs",
-                "Owner"
+                "Owner",
+                "Held by"
             ]
         );
         assert_eq!(
@@ -689,10 +712,14 @@ mod tests {
                 "system",
                 "preview",
                 "2",
-                "10001/camera:100"
+                "10001/camera:100",
+                "100 200"
             ]
         );
-        assert_eq!(row(l[2]), vec!["23", "8192", "udmabuf", "", "1", "unknown"]);
+        assert_eq!(
+            row(l[2]),
+            vec!["23", "8192", "udmabuf", "", "1", "unknown", "200"]
+        );
         assert_eq!(
             row(l[4]),
             vec!["Exporter Name", "Total Count", "Total Size(bytes)"]
@@ -735,7 +762,7 @@ mod tests {
             "{a_csv}"
         );
         let b_csv = render(&a, View::PerBuffer, true, None);
-        assert!(b_csv.starts_with("Dmabuf Inode,Size(bytes),Exporter Name,Name,nr_procs,Owner\n17,1048576,system,preview,2,10001/camera:100\n"));
+        assert!(b_csv.starts_with("Dmabuf Inode,Size(bytes),Exporter Name,Name,nr_procs,Owner,Held by\n17,1048576,system,preview,2,10001/camera:100,100 200\n"));
         assert!(b_csv.contains("\nTotal DMA-BUF count,Total DMA-BUF size(bytes),Unreferenced size(bytes)\n2,1056768,0\n"));
         assert_eq!(csv_quote("a,b\"c"), "\"a,b\"\"c\"");
     }
