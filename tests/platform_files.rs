@@ -259,14 +259,22 @@ fn kept_capabilities_are_the_same_everywhere() {
         .collect();
     assert_eq!(te_caps, kept, "sepolicy capability rules");
 
-    // systemd: the bounding set holds what the drop needs plus what it keeps.
+    // systemd: the bounding set holds what the drop needs, what loading the
+    // BPF iterators needs, plus what the procfs fallback keeps.
     let unit = read("etc/systemd/dmabufd.service");
     let bounding: BTreeSet<&str> = content_lines(&unit)
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
         .expect("CapabilityBoundingSet")
         .split_whitespace()
         .collect();
-    let mut expected: BTreeSet<&str> = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"].into();
+    let mut expected: BTreeSet<&str> = [
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_BPF",
+        "CAP_PERFMON",
+    ]
+    .into();
     expected.extend(kept.iter().map(String::as_str));
     assert_eq!(bounding, expected);
     assert!(
