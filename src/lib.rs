@@ -30,6 +30,7 @@ pub mod privileges;
 pub mod procfs;
 pub mod registry;
 pub mod report;
+pub mod scan;
 pub mod service;
 pub mod sys;
 pub mod transport;

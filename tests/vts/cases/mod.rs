@@ -5,6 +5,7 @@ use crate::app::Role;
 use crate::harness::Case;
 
 mod alloc;
+mod bpf;
 mod errors;
 mod isolation;
 pub mod lifecycle;
@@ -21,6 +22,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
     cases.extend(stress::cases());
+    cases.extend(bpf::cases());
     cases
 }
 
@@ -33,6 +35,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         lifecycle::roles(),
         reports::roles(),
         stress::roles(),
+        bpf::roles(),
     ]
     .into_iter()
     .flatten()
