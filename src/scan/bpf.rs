@@ -85,9 +85,11 @@ pub struct MapRef {
 pub enum BpfError {
     /// No kernel BTF: CO-RE relocation and iterator attach need it.
     NoKernelBtf { path: &'static str, message: String },
-    /// The embedded or given object is not a BPF ELF aya can read.
+    /// The embedded or given object could not be read or its BTF loaded
+    /// (EPERM: not root / no CAP_BPF).
     Object {
         object: &'static str,
+        permission: bool,
         message: String,
     },
     /// The object has no program of that name.
@@ -119,8 +121,16 @@ impl fmt::Display for BpfError {
                 f,
                 "no usable kernel BTF at {path} (needs CONFIG_DEBUG_INFO_BTF): {message}"
             ),
-            BpfError::Object { object, message } => {
-                write!(f, "cannot read the BPF object {object}: {message}")
+            BpfError::Object {
+                object,
+                permission,
+                message,
+            } => {
+                write!(f, "cannot load the BPF object {object}: {message}")?;
+                if *permission {
+                    write!(f, "{EPERM_HINT}")?;
+                }
+                Ok(())
             }
             BpfError::ProgramMissing { object, program } => {
                 write!(f, "the BPF object {object} has no program {program}")
@@ -138,10 +148,7 @@ impl fmt::Display for BpfError {
             } => {
                 write!(f, "loading {iterator} ({program}) failed: {message}")?;
                 if *permission {
-                    write!(
-                        f,
-                        " (EPERM: loading BPF needs root with CAP_BPF and CAP_PERFMON)"
-                    )?;
+                    write!(f, "{EPERM_HINT}")?;
                 }
                 Ok(())
             }
@@ -155,6 +162,16 @@ impl fmt::Display for BpfError {
 }
 
 impl std::error::Error for BpfError {}
+
+const EPERM_HINT: &str = " (EPERM: loading BPF needs root with CAP_BPF and CAP_PERFMON)";
+
+fn object_error(object: &'static str, e: aya::EbpfError) -> BpfError {
+    BpfError::Object {
+        object,
+        permission: chain_has_errno(&e, nix::libc::EPERM),
+        message: error_chain(&e),
+    }
+}
 
 /// The attached iterator links. Holding a link keeps its program loaded;
 /// each read makes a new iterator instance from it. `Send + Sync`: reads
@@ -186,10 +203,7 @@ impl BpfIters {
         let mut task = EbpfLoader::new()
             .btf(Some(&btf))
             .load(task_obj)
-            .map_err(|e| BpfError::Object {
-                object: "task_iter.bpf.o",
-                message: error_chain(&e),
-            })?;
+            .map_err(|e| object_error("task_iter.bpf.o", e))?;
         let task_file = attach(
             &mut task,
             "task_iter.bpf.o",
@@ -219,14 +233,10 @@ impl BpfIters {
                 missing.push("iter/dmabuf (kernel without the truncated-read fix)")
             }
             Some(obj) => {
-                let mut ebpf =
-                    EbpfLoader::new()
-                        .btf(Some(&btf))
-                        .load(obj)
-                        .map_err(|e| BpfError::Object {
-                            object: "dmabuf_iter.bpf.o",
-                            message: error_chain(&e),
-                        })?;
+                let mut ebpf = EbpfLoader::new()
+                    .btf(Some(&btf))
+                    .load(obj)
+                    .map_err(|e| object_error("dmabuf_iter.bpf.o", e))?;
                 dmabuf = Some(attach(
                     &mut ebpf,
                     "dmabuf_iter.bpf.o",

@@ -344,6 +344,11 @@ fn bpf_load_then_drop(args: &[&str]) -> RoleResult {
         Ok(_) => return Err("loading BPF still worked after the drop".into()),
         Err(e) => e.to_string(),
     };
+    if !reload.contains("EPERM") {
+        return Err(format!(
+            "loading after the drop failed, but not for EPERM: {reload}"
+        ));
+    }
     let mut out = vec![format!("reload-refused {}", reload.replace('\n', " "))];
     for round in 0..2 {
         let fds = iters
@@ -536,7 +541,7 @@ fn bpf_records_keep_inode_and_size_under_a_name_that_forges_fdinfo_fields() -> O
     let forged = "x\nino:\t1\nsize:\t999";
     let held = alloc_named(&heap, 64 * KIB, forged)?;
     // 31 bytes, the longest name: all of it, byte for byte.
-    let longest = "y\nino:\t2\nsize:\t1\nexp_name:\tz\n";
+    let longest = "y\nino:\t2\nsize:\t1\nexp_name:\tzzz\n";
     ensure!(longest.len() == 31, "test name is {} bytes", longest.len());
     let held_long = alloc_named(&heap, 4 * KIB, longest)?;
     // What fdinfo now says (the kernel prints the name raw, last).
