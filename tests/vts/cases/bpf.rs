@@ -327,7 +327,7 @@ fn bpf_load_then_drop(args: &[&str]) -> RoleResult {
             .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
             .map(str::trim)
             .ok_or(format!("no {key} in /proc/self/status"))?;
-        if v.trim_start_matches('0') != "" {
+        if !v.trim_start_matches('0').is_empty() {
             return Err(format!("{key} is {v} after the drop"));
         }
     }
