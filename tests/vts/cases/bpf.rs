@@ -47,7 +47,96 @@ pub fn cases() -> Vec<Case> {
 }
 
 pub fn roles() -> Vec<(&'static str, app::Role)> {
-    vec![("bpf-load-then-drop", bpf_load_then_drop)]
+    vec![
+        ("bpf-load-then-drop", bpf_load_then_drop),
+        ("bpf-holder", bpf_holder),
+    ]
+}
+
+/// Holder processes for the scale part of the listing case.
+const HOLDERS: usize = 8;
+const HOLDER_BUFFERS: usize = 16;
+const HOLDER_THREADS: usize = 3;
+
+/// Role (as root): allocates `N` 4 KiB buffers, maps every other one,
+/// starts a few threads (sharing the fd table and mm: BPF must not report
+/// the buffers once per thread), prints `ready`, and holds everything until
+/// stdin closes.
+fn bpf_holder(args: &[&str]) -> RoleResult {
+    let n: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .ok_or("usage: bpf-holder N")?;
+    let heap = open_heap()?;
+    let mut held = Vec::new();
+    let mut maps = Vec::new();
+    for i in 0..n {
+        let h = alloc_named(&heap, 4 * KIB, &format!("vts-bpf-holder-{i}"))?;
+        if i % 2 == 0 {
+            maps.push(
+                Mapping::new(h.fd.as_fd(), (4 * KIB) as usize, false).map_err(|e| e.to_string())?,
+            );
+        }
+        held.push(h);
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    let threads: Vec<_> = (0..HOLDER_THREADS)
+        .map(|_| {
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                let _ = rx.lock().map(|r| r.recv());
+            })
+        })
+        .collect();
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+    }
+    let mut sink = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+    drop(tx);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(maps);
+    Ok(format!("held {}", held.len()))
+}
+
+/// Starts the holders and waits until each has allocated.
+fn start_holders() -> Result<Vec<std::process::Child>, String> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    for _ in 0..HOLDERS {
+        let mut child = Command::new(&exe)
+            .args(["--app", "bpf-holder", &HOLDER_BUFFERS.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning a holder: {e}"))?;
+        let mut line = String::new();
+        let stdout = child.stdout.as_mut().ok_or("holder stdout")?;
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        children.push(child);
+        if line.trim() != "ready" {
+            stop_holders(children);
+            return Err(format!("a holder said {line:?} instead of ready"));
+        }
+    }
+    Ok(children)
+}
+
+fn stop_holders(children: Vec<std::process::Child>) {
+    for mut c in children {
+        drop(c.stdin.take());
+        let _ = c.wait();
+    }
 }
 
 /// A system-heap dma-buf allocated by this (root) process.
@@ -230,10 +319,23 @@ fn bpf_iterators_list_exactly_the_buffers_procfs_and_debugfs_show() -> Outcome {
         alloc_named(&heap, 64 * KIB, "vts-bpf-medium")?,
         alloc_named(&heap, 1024 * KIB, "vts-bpf-large")?,
     ];
-    // A second fd of one buffer, and a mapping at a page offset of another.
+    // A second fd of one buffer, and a mapping of another.
     let dup = held[0].fd.try_clone().map_err(|e| e.to_string())?;
     let map = Mapping::new(held[1].fd.as_fd(), (64 * KIB) as usize, false)
         .map_err(|e| format!("mmap: {e}"))?;
+    let holders = start_holders()?;
+    let result = list_and_compare(&held, &dup, &map, &holders);
+    stop_holders(holders);
+    drop(map);
+    result
+}
+
+fn list_and_compare(
+    held: &[Held],
+    dup: &OwnedFd,
+    map: &Mapping,
+    holders: &[std::process::Child],
+) -> Outcome {
     let load_start = Instant::now();
     let iters = load()?;
     let load_ms = load_start.elapsed().as_millis();
@@ -292,6 +394,19 @@ fn bpf_iterators_list_exactly_the_buffers_procfs_and_debugfs_show() -> Outcome {
         );
     }
 
+    // Each multi-threaded holder exactly once: N fds, N/2 mappings.
+    let maps_all = iters.map_refs().map_err(|e| e.to_string())?;
+    for h in holders {
+        let pid = h.id() as i32;
+        let nf = fds.iter().filter(|f| f.tgid == pid).count();
+        let nm = maps_all.iter().filter(|m| m.tgid == pid).count();
+        ensure!(
+            nf == HOLDER_BUFFERS && nm == HOLDER_BUFFERS / 2,
+            "holder {pid} ({HOLDER_THREADS} extra threads): {nf} fds, {nm} mappings per BPF; want {HOLDER_BUFFERS}, {}",
+            HOLDER_BUFFERS / 2
+        );
+    }
+
     let fd_us = median_us(10, || drop(iters.fd_refs()));
     let vma_us = median_us(10, || drop(iters.map_refs()));
     let buf_us = median_us(10, || drop(iters.buffers()));
@@ -305,7 +420,6 @@ fn bpf_iterators_list_exactly_the_buffers_procfs_and_debugfs_show() -> Outcome {
         iters.map_refs().map(|m| m.len()).unwrap_or(0),
         bufs.len()
     );
-    drop(map);
     Ok(())
 }
 
