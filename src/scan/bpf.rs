@@ -618,11 +618,53 @@ mod tests {
         assert!(parse_pinned_dmabuf_text("").is_empty());
     }
 
+    #[test]
+    fn bpf_iters_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<BpfIters>();
+    }
+
+    #[test]
+    fn load_errors_name_what_failed() {
+        if !Path::new(KERNEL_BTF).exists() {
+            let e = BpfIters::load_from(b"not an ELF", None).unwrap_err();
+            assert!(e.to_string().contains(KERNEL_BTF), "{e}");
+            return;
+        }
+        let e = BpfIters::load_from(b"not an ELF", None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BpfError::Object {
+                    object: "task_iter.bpf.o",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The dmabuf object given as the task object: no task_file program
+        // (or, without privileges, EPERM on its BTF load first).
+        let msg = BpfIters::load_from(DMABUF_ITER_OBJECT, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("has no program dmabufd_task_file") || msg.contains("EPERM"),
+            "{msg}"
+        );
+    }
+
     /// Loads the real objects on this machine's kernel when run as root.
     #[test]
     fn loads_on_this_kernel_as_root() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: loads_on_this_kernel_as_root needs root");
+            // Not root: the refusal must say so.
+            if Path::new(KERNEL_BTF).exists() {
+                let msg = BpfIters::load().unwrap_err().to_string();
+                assert!(msg.contains("EPERM"), "{msg}");
+            }
+            eprintln!(
+                "skipped: loads_on_this_kernel_as_root needs root (checked the EPERM message)"
+            );
             return;
         }
         let iters = match BpfIters::load() {
