@@ -1,6 +1,6 @@
 //! The kernel's DMA-BUF, DMA-BUF heap and udmabuf ioctls, and mmap: the only
 //! `unsafe` code in the crate. Layouts follow include/uapi/linux/{dma-heap,
-//! dma-buf,udmabuf}.h.
+//! dma-buf,udmabuf,bpf}.h.
 
 use std::ffi::CString;
 use std::io;
@@ -428,4 +428,77 @@ mod tests {
         sent.unwrap();
         assert_eq!((got, fds), (data.len(), 1));
     }
+}
+
+/// `bpf(2)` commands and the attach type the iterator links use
+/// (include/uapi/linux/bpf.h).
+const BPF_LINK_CREATE: i64 = 28;
+const BPF_ITER_CREATE: i64 = 33;
+const BPF_TRACE_ITER: u32 = 28;
+
+/// `union bpf_attr` as BPF_LINK_CREATE reads it, for an iterator without
+/// link info (no iter_info: every task / every buffer).
+#[repr(C)]
+#[derive(Default)]
+struct BpfLinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    iter_info: u64,
+    iter_info_len: u32,
+    _pad: u32,
+}
+
+/// `union bpf_attr` as BPF_ITER_CREATE reads it.
+#[repr(C)]
+#[derive(Default)]
+struct BpfIterCreateAttr {
+    link_fd: u32,
+    flags: u32,
+}
+
+/// The `bpf(2)` commands below return a new fd or -1 with errno.
+fn bpf_fd_command<T>(cmd: i64, attr: &T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a live, fully initialised (#[repr(C)], no padding
+    // bytes left undefined: every field is explicit) prefix of union
+    // bpf_attr for `cmd`, and its size is passed with it; the kernel only
+    // reads it (LINK_CREATE and ITER_CREATE write nothing back) and zero-fills
+    // the rest of the union. On success the return value is a new fd that
+    // this process owns and nothing else refers to, so OwnedFd may take it.
+    let fd = unsafe {
+        let ret = nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>() as u32,
+        );
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(ret as RawFd)
+    };
+    Ok(fd)
+}
+
+/// Attaches a loaded `iter/...` program: BPF_LINK_CREATE with attach type
+/// BPF_TRACE_ITER. The link keeps the program loaded.
+pub fn bpf_iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let attr = BpfLinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_TRACE_ITER,
+        ..Default::default()
+    };
+    bpf_fd_command(BPF_LINK_CREATE, &attr)
+}
+
+/// A new, readable instance of an iterator link (BPF_ITER_CREATE): reading
+/// it to EOF runs the program over everything once. Needs no capability:
+/// holding the link fd is the permission.
+pub fn bpf_iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let attr = BpfIterCreateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        flags: 0,
+    };
+    bpf_fd_command(BPF_ITER_CREATE, &attr)
 }

@@ -17,6 +17,8 @@ mount -t debugfs debugfs /sys/kernel/debug
 
 mode=$(sed -n 's/.*vm_mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
 service=$(sed -n 's/.*vm_service=\([a-z-]*\).*/\1/p' /proc/cmdline)
+# run.sh --only=A,B: case-name filters for vts.
+only=$(sed -n 's/.*vm_only=\([A-Za-z0-9_,]*\).*/\1/p' /proc/cmdline | tr , ' ')
 SERVICE_NAME=vendor.dmabuf.IDmaBufAllocator/default
 
 say() { echo "vm: $*"; }
@@ -112,7 +114,10 @@ case "$mode" in
         ;;
     *)
         say "suite begins"
-        DMABUFD_VTS=1 vts 2>&1 | tee /run/vts.out
+        # The BPF objects run.sh rebuilt from bpf/*.c: the suite must find them.
+        export DMABUFD_REBUILT_BPF_DIR=/lib/dmabufd-bpf DMABUFD_REQUIRE_REBUILT_BPF=1
+        # shellcheck disable=SC2086 # $only is a list of words
+        DMABUFD_VTS=1 vts $only 2>&1 | tee /run/vts.out
         summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' /run/vts.out | tail -n1)
         [ -n "$summary" ] || summary="0 passed, 1 failed"
         passed=${summary%% passed*}

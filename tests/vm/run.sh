@@ -6,6 +6,7 @@
 #   tests/vm/run.sh           run the suite; exit 0 only on "N passed, 0 failed"
 #   tests/vm/run.sh --bench   run the benchmark instead (vts --bench)
 #   tests/vm/run.sh --shell   interactive busybox shell with rsb_hub and dmabufd up
+#   --only=A,B                run only the cases whose names contain A or B
 #   --keep                    keep the initramfs tree, image and console log
 #   --stand-in                (harness bring-up) serve with vts's refusing stand-in, not dmabufd
 #
@@ -16,11 +17,16 @@ set -euo pipefail
 mode=suite
 keep=0
 service=dmabufd
+only=
 for arg in "$@"; do
     case "$arg" in
         --shell) mode=shell ;;
         --bench) mode=bench ;;
         --keep) keep=1 ;;
+        --only=*)
+            only=${arg#--only=}
+            case "$only" in *[!A-Za-z0-9_,]*) echo "run.sh: --only takes case-name words and commas: $only" >&2; exit 2 ;; esac
+            ;;
         # Harness bring-up: serve with the suite's minimal stand-in instead of dmabufd.
         --stand-in) service=stand-in ;;
         -h | --help)
@@ -59,6 +65,10 @@ install_host_packages() {
         missing+=(busybox-static)
     command -v cpio >/dev/null || missing+=(cpio)
     command -v xz >/dev/null || missing+=(xz-utils)
+    # bpf/build.sh: the suite loads BPF objects rebuilt from bpf/*.c.
+    command -v clang >/dev/null || missing+=(clang)
+    command -v llvm-strip >/dev/null || missing+=(llvm)
+    [ -r /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
     [ ${#missing[@]} -eq 0 ] && return 0
     [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}; install them (apt-get install --no-install-recommends ${missing[*]}) or run as root"
     log "installing ${missing[*]}"
@@ -168,6 +178,15 @@ build_binaries() {
     [ -x "$dmabufd_exe" ] && [ -x "$dmabufctl_exe" ] || die "release binaries missing in $target_dir/release"
 }
 
+# The BPF objects rebuilt from source; the suite checks they load and agree
+# with the committed ones the binaries embed.
+build_bpf() {
+    bpf_rebuilt=$cache/bpf-rebuilt
+    log "rebuilding the BPF objects (bpf/build.sh) into $bpf_rebuilt"
+    rm -rf "$bpf_rebuilt"
+    "$repo/bpf/build.sh" "$bpf_rebuilt" >&2 || die "bpf/build.sh failed"
+}
+
 # --- initramfs ----------------------------------------------------------------
 
 # Copies a binary and every shared library ldd lists (the loader included) to
@@ -203,6 +222,8 @@ build_initramfs() {
     install -m 0644 "$repo/etc/rsb_hub/dmabufd.toml" "$root/etc/rsb_hub/dmabufd.toml"
     install -m 0644 "$repo/tests/vm/guest-dmabufd.toml" "$root/etc/dmabufd.toml"
     install -m 0755 "$repo/tests/vm/init.sh" "$root/init"
+    mkdir -p "$root/lib/dmabufd-bpf"
+    install -m 0644 "$bpf_rebuilt"/*.bpf.o "$root/lib/dmabufd-bpf/"
     printf '%s\n' 'root:x:0:0:root:/:/bin/sh' 'system:x:1000:1000:system:/:/bin/false' \
         'dmabufd:x:1100:1100:dmabufd:/:/bin/false' 'app_a:x:10001:10001:app a:/:/bin/false' \
         'app_b:x:10002:10002:app b:/:/bin/false' 'app_c:x:10003:10003:app c:/:/bin/false' >"$root/etc/passwd"
@@ -222,6 +243,7 @@ fi
 log "kernel: $(cat "$kernel_dir/package" 2>/dev/null || echo unknown) (cached in $kernel_dir)"
 install_rsbinder_tools
 build_binaries
+build_bpf
 
 work=$(mktemp -d "$cache/run.XXXXXX")
 cleanup() { [ "$keep" -eq 1 ] && log "kept $work" || rm -rf "$work"; }
@@ -233,6 +255,7 @@ console=$work/console.log
 qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "$vm_mem" -smp 2 -no-reboot -nic none
     -kernel "$kernel_dir/vmlinuz" -initrd "$image")
 cmdline="console=ttyS0 quiet panic=-1 vm_mode=$mode vm_service=$service"
+[ -n "$only" ] && cmdline="$cmdline vm_only=$only"
 
 if [ "$mode" = shell ]; then
     log "booting to a shell; 'poweroff -f' (or Ctrl-A x) leaves"

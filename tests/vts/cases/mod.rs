@@ -5,6 +5,7 @@ use crate::app::Role;
 use crate::harness::Case;
 
 mod alloc;
+mod bpf;
 mod errors;
 mod exact;
 mod isolation;
@@ -22,6 +23,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
     cases.extend(stress::cases());
+    cases.extend(bpf::cases());
     cases.extend(exact::cases());
     // Last: it kills and restarts the service.
     cases.extend(exact::restart_cases());
@@ -37,6 +39,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         lifecycle::roles(),
         reports::roles(),
         stress::roles(),
+        bpf::roles(),
         exact::roles(),
     ]
     .into_iter()
