@@ -71,12 +71,23 @@ pub struct Discovery {
 /// before refusing an allocation for quota, since freed buffers count until
 /// the monitor notices them (with the kernel's list that is one read of the
 /// list, no procfs).
-pub type Reclaim = Box<dyn Fn() -> usize + Send + Sync>;
+pub type Reclaim = Box<dyn Fn() -> Reclaimed + Send + Sync>;
 
-/// A refusal re-reads the live list this many times (1, 4, 16 ms apart)
-/// while it keeps finding freed buffers or the service's own reply of a
-/// just-freed buffer may still hold it.
-const RECLAIM_ATTEMPTS: u32 = 3;
+/// What a reclaim found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Records of freed buffers dropped.
+    pub dropped: usize,
+    /// Buffer fds the service itself still holds: replies in flight, each
+    /// closed a moment after its reply was sent. A buffer its client has
+    /// already freed stays alive until then.
+    pub own_in_flight: usize,
+}
+
+/// How long a refusal waits, at most, for the service's own replies in
+/// flight to let go of buffers their clients already freed (re-reading the
+/// live list 1, 2, 4, ... ms apart). Only while such replies exist.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where the memory guard reads `/proc/meminfo` text from (a test injects
 /// its own).
@@ -139,7 +150,7 @@ impl Allocator {
     }
 
     /// Runs the reclaim hook (the monitor shares and bounds the work).
-    fn reclaim(&self) -> Option<usize> {
+    fn reclaim(&self) -> Option<Reclaimed> {
         self.reclaim.get().map(|f| f())
     }
 
@@ -174,17 +185,18 @@ impl Allocator {
         };
         let mut attempt = self.registry.reserve(caller.uid, size, limit);
         // Usage counts records until the monitor sees their buffers freed:
-        // look before refusing.
-        let mut tries = 0;
-        while attempt.is_err() && tries < RECLAIM_ATTEMPTS {
-            if tries > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(1 << (2 * (tries - 1))));
-            }
-            tries += 1;
-            if self.reclaim().is_none() {
+        // look before refusing, and while the service's own replies still
+        // hold buffers, look again shortly.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
+        while attempt.is_err() {
+            let Some(found) = self.reclaim() else { break };
+            attempt = self.registry.reserve(caller.uid, size, limit);
+            if attempt.is_ok() || found.own_in_flight == 0 || start.elapsed() >= IN_FLIGHT_WAIT {
                 break;
             }
-            attempt = self.registry.reserve(caller.uid, size, limit);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(32));
         }
         attempt.map_err(|used| {
             Error::new(
@@ -751,7 +763,7 @@ mod tests {
     }
 
     #[test]
-    fn quota_refusal_first_reclaims_freed_buffers_a_bounded_number_of_times() {
+    fn quota_refusal_first_reclaims_freed_buffers_and_waits_only_for_own_replies() {
         let a = Arc::new(alloc_with(
             Config::parse("[quota]\ndefault_buffers = 1").unwrap(),
         ));
@@ -763,7 +775,10 @@ mod tests {
         let r = runs.clone();
         a.set_reclaim(Box::new(move || {
             r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            reg.remove_freed(|rec| rec.inode == inode)
+            Reclaimed {
+                dropped: reg.remove_freed(|rec| rec.inode == inode),
+                own_in_flight: 0,
+            }
         }));
         let second = a.allocate(ME, &req("system", 1, "", 0)).expect("reclaimed");
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -771,10 +786,8 @@ mod tests {
         // monitor shares and rate-limits the work behind each look).
         let e = a.allocate(ME, &req("system", 1, "", 0)).unwrap_err();
         assert_eq!(e.kind, Kind::QuotaExceeded);
-        assert_eq!(
-            runs.load(std::sync::atomic::Ordering::SeqCst),
-            1 + RECLAIM_ATTEMPTS
-        );
+        // Nothing of ours in flight: one look, no waiting.
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
         drop(second);
     }
 

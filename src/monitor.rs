@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::accounting::{self, Accounting, HwmTracker};
+use crate::allocator::Reclaimed;
 use crate::procfs::{self, ProcessScan};
 use crate::registry::Registry;
 use crate::scan::{BufferKind, ScanSource};
@@ -187,7 +188,14 @@ impl Monitor {
     /// Drops the records of freed buffers before a quota refusal. With the
     /// kernel's list this reads only the list; otherwise it takes a shared
     /// full scan. Returns how many records were dropped.
-    pub fn reclaim(&self) -> usize {
+    pub fn reclaim(&self) -> Reclaimed {
+        Reclaimed {
+            dropped: self.drop_freed(),
+            own_in_flight: procfs::own_buffer_fds(),
+        }
+    }
+
+    fn drop_freed(&self) -> usize {
         if !self.source.exact_liveness() {
             let before = self.registry.len();
             if let Err(e) = self.refresh() {
@@ -388,7 +396,7 @@ mod tests {
     fn reclaim_reads_only_the_live_list() {
         let (src, reg, m) = setup(Duration::ZERO);
         *src.live.lock().unwrap() = vec![listed(2)];
-        assert_eq!(m.reclaim(), 2);
+        assert_eq!(m.reclaim().dropped, 2);
         assert_eq!(reg.usage_of(10001).count, 1);
         assert_eq!(src.scans.load(Ordering::SeqCst), 0);
         assert_eq!(src.lists.load(Ordering::SeqCst), 1);

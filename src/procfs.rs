@@ -111,6 +111,18 @@ fn scan_all_with(proc_root: &Path, style: Style) -> io::Result<Vec<ProcessScan>>
         .collect())
 }
 
+/// How many buffer fds (dma-buf or memfd) this process holds. The service
+/// holds one only while a reply carrying it is in flight.
+pub fn own_buffer_fds() -> usize {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter(|l| l.to_str().and_then(classify_link).is_some())
+        .count()
+}
+
 /// The real uid and `comm` of `pid` (both world-readable); `None` when
 /// there is no such process.
 pub fn identity(proc_root: &Path, pid: i32) -> Option<(u32, String)> {

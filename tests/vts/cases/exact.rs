@@ -262,7 +262,8 @@ fn rename_forged(_: &[&str]) -> RoleResult {
     let b = alloc
         .allocate("system", 64 * KIB, "honest")
         .map_err(|e| e.to_string())?;
-    b.set_name(FORGED).map_err(|e| format!("rename: {e}"))?;
+    // The raw ioctl: the client library refuses control characters.
+    dmabufd::sys::dma_buf_set_name(b.fd(), FORGED).map_err(|e| format!("rename: {e}"))?;
     println!("renamed {}", b.inode());
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
@@ -477,7 +478,10 @@ fn kill_9_of_the_service_then_restart_keeps_owners_and_quota_and_drops_what_was_
     // While it is down, app B frees one of its two buffers.
     ensure!(apps[1].1.say("free 0")? == "freed", "free");
     let freed = inodes[1][0];
-    let _new = start_service()?;
+    let new = start_service()?;
+    // /init checks this one is alive at the end (the old one is gone).
+    std::fs::write("/run/dmabufd.restarted-pid", new.id().to_string())
+        .map_err(|e| e.to_string())?;
     ensure!(
         eventually(20000, || connect()
             .and_then(|a| a.heaps().map_err(|e| e.to_string()))
