@@ -84,6 +84,9 @@ pub struct Reclaimed {
     pub own_in_flight: usize,
 }
 
+/// How many times a refusal reads the kernel's list before refusing.
+const RELEASE_LOOKS: u32 = 4;
+
 /// How long a refusal waits, at most, for the service's own replies in
 /// flight to let go of buffers their clients already freed (re-reading the
 /// live list 1, 2, 4, ... ms apart). Only while such replies exist.
@@ -185,20 +188,37 @@ impl Allocator {
         };
         let mut attempt = self.registry.reserve(caller.uid, size, limit);
         // Usage counts records until the monitor sees their buffers freed:
-        // look before refusing, and while the service's own replies still
-        // hold buffers, look again shortly.
+        // look before refusing. A closed buffer leaves the kernel's list a
+        // moment after its last fd is closed (the release runs when the
+        // closing thread returns to user space; the service's own reply
+        // threads close their copies just after sending), so look again a
+        // few times (2, 8, 32 ms), and for longer while the service itself
+        // still holds buffer fds of replies in flight.
         let start = std::time::Instant::now();
-        let mut pause = std::time::Duration::from_millis(1);
+        let mut pause = std::time::Duration::from_millis(2);
+        let mut looks = 0;
         while attempt.is_err() {
             let Some(found) = self.reclaim() else { break };
+            looks += 1;
             attempt = self.registry.reserve(caller.uid, size, limit);
-            if attempt.is_ok() || found.own_in_flight == 0 || start.elapsed() >= IN_FLIGHT_WAIT {
+            let waited = start.elapsed();
+            if attempt.is_ok()
+                || (looks >= RELEASE_LOOKS
+                    && (found.own_in_flight == 0 || waited >= IN_FLIGHT_WAIT))
+            {
                 break;
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(32));
+            pause = (pause * 4).min(std::time::Duration::from_millis(32));
         }
         attempt.map_err(|used| {
+            log::info!(
+                "uid {} over quota after {} ms of reclaim ({} bytes / {} buffers live)",
+                caller.uid,
+                start.elapsed().as_millis(),
+                used.bytes,
+                used.count
+            );
             Error::new(
                 Kind::QuotaExceeded,
                 format!(
@@ -786,8 +806,11 @@ mod tests {
         // monitor shares and rate-limits the work behind each look).
         let e = a.allocate(ME, &req("system", 1, "", 0)).unwrap_err();
         assert_eq!(e.kind, Kind::QuotaExceeded);
-        // Nothing of ours in flight: one look, no waiting.
-        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Nothing of ours in flight: a bounded number of looks.
+        assert_eq!(
+            runs.load(std::sync::atomic::Ordering::SeqCst),
+            1 + RELEASE_LOOKS
+        );
         drop(second);
     }
 

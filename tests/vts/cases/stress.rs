@@ -130,7 +130,7 @@ fn churn(args: &[&str]) -> RoleResult {
         for i in 0..count {
             let buf = alloc
                 .allocate("system", size, "vts-churn")
-                .map_err(|e| format!("{size} bytes, cycle {i}: {e}"))?;
+                .map_err(|e| format!("{size} bytes, cycle {i}: {e}; {}", churn_evidence()))?;
             if i % 64 == 0 {
                 let mut m = buf.map(SyncDirection::Write).map_err(|e| e.to_string())?;
                 m.as_mut_slice().ok_or("read-only map")?[0] = 1;
@@ -138,6 +138,26 @@ fn churn(args: &[&str]) -> RoleResult {
         }
     }
     Ok("ok".into())
+}
+
+/// What still holds buffers when a churn cycle is refused: this process's
+/// buffer fds and the kernel's list (debugfs bufinfo), for the failure line.
+fn churn_evidence() -> String {
+    let mine: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter(|l| l.contains("dmabuf"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let bufinfo = std::fs::read_to_string("/sys/kernel/debug/dma_buf/bufinfo").unwrap_or_default();
+    let churn: Vec<&str> = bufinfo
+        .lines()
+        .filter(|l| l.contains("vts-churn"))
+        .collect();
+    format!("own dma-buf fds {mine:?}; bufinfo vts-churn lines {churn:?}")
 }
 
 fn eight_apps_with_100_concurrent_allocations_all_succeed_without_service_fd_leak() -> Outcome {
