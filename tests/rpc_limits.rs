@@ -56,8 +56,9 @@ fn helper_line(out: &mut BufReader<ChildStdout>) -> String {
         let mut line = String::new();
         let n = out.read_line(&mut line).unwrap();
         assert!(n > 0, "helper ended without its report");
-        if let Some(rest) = line.trim().strip_prefix("HELPER ") {
-            return rest.to_string();
+        // libtest prints the test's name on the same line.
+        if let Some(at) = line.find("HELPER ") {
+            return line[at + "HELPER ".len()..].trim().to_string();
         }
     }
 }
