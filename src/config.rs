@@ -562,9 +562,12 @@ mod tests {
             (c.rpc.max_connections, c.rpc.max_connections_per_uid),
             (10, 4)
         );
-        assert_eq!((c.rpc.reserved_connections, c.rpc.idle_timeout_ms), (6, 500));
-        let e = Config::parse("[rpc]\nmax_connections = 10\nmax_connections_per_uid = 8")
-            .unwrap_err();
+        assert_eq!(
+            (c.rpc.reserved_connections, c.rpc.idle_timeout_ms),
+            (6, 500)
+        );
+        let e =
+            Config::parse("[rpc]\nmax_connections = 10\nmax_connections_per_uid = 8").unwrap_err();
         assert!(e.0.contains("rpc.max_connections_per_uid (8)"), "{e}");
         assert!(Config::parse("[rpc]\nidle_timeout_ms = 0").is_err());
         assert!(Config::parse("[rpc]\nreserved_connections = 0").is_err());

@@ -36,12 +36,17 @@ const HELPER_ENV: &str = "DMABUFD_RPC_HELPER";
 /// doing `mode` against `socket`, under `uid` when given.
 fn helper(socket: &Path, mode: &str, uid: Option<u32>) -> (Child, BufReader<ChildStdout>) {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["rpc_helper_process", "--exact", "--nocapture", "--test-threads=1"])
-        .env(HELPER_ENV, mode)
-        .env("DMABUFD_SOCKET", socket)
-        .env("DMABUFD_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    c.args([
+        "rpc_helper_process",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(HELPER_ENV, mode)
+    .env("DMABUFD_SOCKET", socket)
+    .env("DMABUFD_LOG", "off")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
     if let Some(uid) = uid {
         c.uid(uid).gid(uid);
     }
@@ -103,6 +108,8 @@ fn rpc_helper_process() {
         let mut sink = Vec::new();
         let _ = std::io::stdin().read_to_end(&mut sink);
         drop(held);
+        // Not back to libtest, whose summary would go to a closed pipe.
+        std::process::exit(0);
     } else if mode == "orphan" {
         let a = dmabufd::client::Allocator::connect_rpc(&socket).expect("connect");
         a.heaps().expect("heaps");
@@ -115,7 +122,10 @@ fn rpc_helper_process() {
         std::io::stdin().read_line(&mut go).unwrap();
         let verdict = |r: Result<(), dmabufd::client::Error>| match r {
             Ok(()) => "ok".to_string(),
-            Err(e) => format!("refused:{}", e.to_string().replace(char::is_whitespace, "_")),
+            Err(e) => format!(
+                "refused:{}",
+                e.to_string().replace(char::is_whitespace, "_")
+            ),
         };
         let reset = verdict(a.reset_high_water_mark(opener as i32));
         let alloc = verdict(a.allocate("system", 4096, "orphan").map(drop));
@@ -217,9 +227,7 @@ fn sessions_over_the_per_uid_cap_are_refused_and_another_uid_still_allocates() {
 
 #[test]
 fn idle_sessions_are_closed_after_the_idle_timeout() {
-    let svc = Service::start(
-        "[heaps]\ndefault_max_size = \"16M\"\n[rpc]\nidle_timeout_ms = 700\n",
-    );
+    let svc = Service::start("[heaps]\ndefault_max_size = \"16M\"\n[rpc]\nidle_timeout_ms = 700\n");
     let base = settled_fds(&svc);
     let idle = svc.connect();
     idle.heaps().unwrap();
@@ -228,10 +236,13 @@ fn idle_sessions_are_closed_after_the_idle_timeout() {
     let raw = UnixStream::connect(&svc.socket).unwrap();
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(2000) {
-        busy.heaps().expect("a session that keeps calling is not idle");
+        busy.heaps()
+            .expect("a session that keeps calling is not idle");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let e = idle.heaps().expect_err("the idle session was kept past its timeout");
+    let e = idle
+        .heaps()
+        .expect_err("the idle session was kept past its timeout");
     let _ = e;
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut b = [0u8; 16];
@@ -260,9 +271,11 @@ fn a_thousand_connection_attempts_leave_the_service_bounded_and_serving() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let during = svc.fd_count();
-    // 24 connections at most, plus the listener's and the scan's few.
+    // 24 connections at most, each with two fds while its handshake runs
+    // (rsbinder's handshake deadline holds a duplicate to cut it), plus a
+    // few of the scan's.
     assert!(
-        during <= base + 24 + 4,
+        during <= base + 2 * 24 + 4,
         "service fds {during} under a flood of 1000 (base {base})"
     );
     // Another uid is still served (from the reserve when this uid is root).
