@@ -201,6 +201,16 @@ fn require_caller_pid(c: Caller, method: &str) -> Result<()> {
     if c.pid > 0 {
         return Ok(());
     }
+    if c.pid == OPENER_GONE {
+        return Err(Error::new(
+            Kind::IllegalArgument,
+            format!(
+                "{method}: the process that opened this RPC connection has exited, so the \
+                 connection's pid names no caller (the caller may be a process that inherited \
+                 the connection, and the pid may be reused); open a connection of your own"
+            ),
+        ));
+    }
     Err(Error::new(
         Kind::IllegalArgument,
         format!(
@@ -274,11 +284,25 @@ fn scan_failed(e: crate::monitor::ScanFailed) -> Error {
     )
 }
 
+/// The pid a caller gets when its RPC connection's opener has exited.
+const OPENER_GONE: i32 = -1;
+
+/// The caller as the transport reports it. Over RPC the pid is the
+/// connection's opener, taken at connect (`SO_PEERCRED`): once that process
+/// has exited the pid names nobody, or a recycled process, and whoever
+/// still calls through the connection (a child that inherited it) is not
+/// it; the pid is then [`OPENER_GONE`], which no own-pid check accepts.
 fn caller() -> Caller {
-    Caller {
+    let mut c = Caller {
         uid: rsbinder::get_calling_uid(),
         pid: rsbinder::get_calling_pid(),
+    };
+    if let Some(peer) = crate::rpc_gate::current_peer() {
+        if peer.pid == c.pid && !peer.opener_alive() {
+            c.pid = OPENER_GONE;
+        }
     }
+    c
 }
 
 /// Runs a handler for the current caller and maps its error to a status.
