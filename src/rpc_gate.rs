@@ -369,7 +369,16 @@ pub struct RpcGuard {
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
     path: PathBuf,
+    /// (device, inode) of the socket this guard bound.
+    bound: Option<(u64, u64)>,
     admission: Arc<Admission>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl RpcGuard {
@@ -386,7 +395,10 @@ impl Drop for RpcGuard {
         }
         self.server.terminate();
         self.server.join_workers();
-        let _ = std::fs::remove_file(&self.path);
+        // Only the socket this guard bound: a successor may own the path.
+        if self.bound.is_some() && file_id(&self.path) == self.bound {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -428,6 +440,7 @@ pub fn serve(
         .add_service(name, binder)
         .map_err(|e| std::io::Error::other(format!("rsbinder add_service: {e:?}")))?;
     let listener = UnixListener::bind(path)?;
+    let bound = file_id(path);
     listener.set_nonblocking(true)?;
     let admission = Admission::new(limits.clone(), privileged);
     let stop = Arc::new(AtomicBool::new(false));
@@ -442,6 +455,7 @@ pub fn serve(
         stop,
         accept: Some(accept),
         path: path.to_path_buf(),
+        bound,
         admission,
     })
 }
