@@ -432,6 +432,7 @@ pub fn serve(
     privileged: Vec<u32>,
 ) -> std::io::Result<RpcGuard> {
     let idle = Duration::from_millis(limits.idle_timeout_ms);
+    check_fd_limit(limits.max_connections);
     let server = private_server(path)?;
     server.set_max_threads(8);
     server.set_supported_fd_modes(&[FileDescriptorTransportMode::Unix]);
@@ -458,6 +459,21 @@ pub fn serve(
         bound,
         admission,
     })
+}
+
+/// Warns when the fd limit cannot hold `max_connections` connections (two
+/// fds each during a handshake) with room for buffers in flight.
+fn check_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, Resource};
+    let need = 2 * max_connections as u64 + 128;
+    if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < need {
+            log::warn!(
+                "RLIMIT_NOFILE is {soft}: rpc.max_connections = {max_connections} needs about \
+                 {need}; lower rpc.max_connections or raise the limit (LimitNOFILE=)"
+            );
+        }
+    }
 }
 
 fn accept_loop(

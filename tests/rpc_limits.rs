@@ -227,7 +227,8 @@ fn sessions_over_the_per_uid_cap_are_refused_and_another_uid_still_allocates() {
 
 #[test]
 fn idle_sessions_are_closed_after_the_idle_timeout() {
-    let svc = Service::start("[heaps]\ndefault_max_size = \"16M\"\n[rpc]\nidle_timeout_ms = 700\n");
+    let svc =
+        Service::start("[heaps]\ndefault_max_size = \"16M\"\n[rpc]\nidle_timeout_ms = 1000\n");
     let base = settled_fds(&svc);
     let idle = svc.connect();
     idle.heaps().unwrap();
@@ -235,7 +236,7 @@ fn idle_sessions_are_closed_after_the_idle_timeout() {
     // A raw connection that never sends a byte is bounded by it too.
     let raw = UnixStream::connect(&svc.socket).unwrap();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(2000) {
+    while start.elapsed() < Duration::from_millis(2500) {
         busy.heaps()
             .expect("a session that keeps calling is not idle");
         std::thread::sleep(Duration::from_millis(100));
@@ -281,6 +282,12 @@ fn a_thousand_connection_attempts_leave_the_service_bounded_and_serving() {
     // Another uid is still served (from the reserve when this uid is root).
     if common::is_root() {
         heaps_and_allocate_as(&svc, 10003);
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "a_thousand_connection_attempts_leave_the_service_bounded_and_serving: the part \
+             with a client of another uid skipped: needs root"
+        );
     }
     let log = svc.log();
     let refusals = log.lines().filter(|l| l.contains("refused")).count();
@@ -328,7 +335,16 @@ fn calls_through_a_connection_whose_opener_exited_are_not_own_pid_calls() {
         alloc.starts_with("refused") && alloc.contains("exited"),
         "allocate through an orphaned connection: {line}"
     );
-    // Nothing was recorded for the dead pid.
+    // Nothing was recorded for the dead pid (the dump needs a privileged
+    // reader: root).
+    if !common::is_root() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "calls_through_a_connection_whose_opener_exited_are_not_own_pid_calls: the dump \
+             check skipped: needs root"
+        );
+        return;
+    }
     let dump = svc.connect().service().renderDump(&[]).unwrap();
     let dump = String::from_utf8_lossy(&dump);
     assert!(!dump.contains("orphan"), "{dump}");
