@@ -284,8 +284,9 @@ fn scan_failed(e: crate::monitor::ScanFailed) -> Error {
     )
 }
 
-/// The pid a caller gets when its RPC connection's opener has exited.
-const OPENER_GONE: i32 = -1;
+/// The pid a caller gets when its RPC connection's opener has exited (no
+/// process has it; distinct from the kernel's 0 for oneway calls).
+const OPENER_GONE: i32 = i32::MIN;
 
 /// The caller as the transport reports it. Over RPC the pid is the
 /// connection's opener, taken at connect (`SO_PEERCRED`): once that process
@@ -439,6 +440,13 @@ mod tests {
             assert!(e.message.contains("pid"), "{e}");
         }
         assert!(s.allocator.registry().is_empty(), "owner pid 0 recorded");
+        // An RPC connection whose opener exited says so.
+        let gone = app(OPENER_GONE);
+        let e = s.allocate(gone, &request()).unwrap_err();
+        assert!(e.message.contains("has exited"), "{e}");
+        let e = s.reset_hwm(gone, 1).unwrap_err();
+        assert!(e.message.contains("has exited"), "{e}");
+        assert!(s.allocator.registry().is_empty());
         // A real caller still allocates and reads its own figures.
         let me = app(std::process::id() as i32);
         assert!(s.allocate(me, &request()).is_ok());
