@@ -24,6 +24,14 @@ pub const DEFAULT_PRIVILEGED_UIDS: &[u32] = &[1000];
 pub const DEFAULT_PRIVILEGED_UIDS: &[u32] = &[];
 /// Where the service looks for a config when none is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dmabufd.toml";
+/// Default cap on RPC connections in total.
+pub const DEFAULT_RPC_MAX_CONNECTIONS: usize = 256;
+/// Default cap on RPC connections of one uid (privileged uids: none).
+pub const DEFAULT_RPC_MAX_PER_UID: usize = 32;
+/// Default number of RPC connections kept for uids that hold none.
+pub const DEFAULT_RPC_RESERVED: usize = 16;
+/// Default time an RPC connection may stay silent before it is closed.
+pub const DEFAULT_RPC_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -34,6 +42,36 @@ pub struct Config {
     /// alias -> heap name (e.g. camera -> system).
     pub aliases: BTreeMap<String, String>,
     pub quota: QuotaConfig,
+    pub rpc: RpcConfig,
+}
+
+/// Limits on the RPC socket (the Unix-socket transport; kernel binder has
+/// its own). See etc/dmabufd.toml and the README's "RPC connection limits".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcConfig {
+    /// Connections open at once, all uids together (a hard cap).
+    pub max_connections: usize,
+    /// Connections of one uid at once; root and the privileged uids are
+    /// exempt (they are still held to the total).
+    pub max_connections_per_uid: usize,
+    /// The last this many of `max_connections` go only to a uid that holds
+    /// no connection yet, so a new client gets in while others sit at
+    /// their caps.
+    pub reserved_connections: usize,
+    /// A connection that sends nothing for this long is closed (also the
+    /// bound on a connection that never completes its handshake).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            max_connections: DEFAULT_RPC_MAX_CONNECTIONS,
+            max_connections_per_uid: DEFAULT_RPC_MAX_PER_UID,
+            reserved_connections: DEFAULT_RPC_RESERVED,
+            idle_timeout_ms: DEFAULT_RPC_IDLE_TIMEOUT_MS,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +138,7 @@ impl Default for Config {
                 default_buffers: DEFAULT_QUOTA_BUFFERS,
                 per_uid: BTreeMap::new(),
             },
+            rpc: RpcConfig::default(),
         }
     }
 }
@@ -241,6 +280,16 @@ impl Config {
                 c.quota.per_uid.insert(u.uid, Quota { bytes, buffers });
             }
         }
+        if let Some(r) = raw.rpc {
+            let d = &mut c.rpc;
+            d.max_connections = r.max_connections.unwrap_or(d.max_connections);
+            d.max_connections_per_uid = r
+                .max_connections_per_uid
+                .unwrap_or(d.max_connections_per_uid);
+            d.reserved_connections = r.reserved_connections.unwrap_or(d.reserved_connections);
+            d.idle_timeout_ms = r.idle_timeout_ms.unwrap_or(d.idle_timeout_ms);
+        }
+        c.rpc.check()?;
         Ok(c)
     }
 
@@ -264,6 +313,30 @@ impl Config {
     /// default) may read every process's report.
     pub fn is_privileged(&self, uid: u32) -> bool {
         uid == 0 || self.service.privileged_uids.contains(&uid)
+    }
+}
+
+impl RpcConfig {
+    /// The reserve must leave room for one uid at its cap, and a new
+    /// client must always find a reserved slot.
+    fn check(&self) -> Result<(), ConfigError> {
+        let r = self;
+        if r.idle_timeout_ms == 0 {
+            return Err(ConfigError("rpc.idle_timeout_ms must be > 0".into()));
+        }
+        if r.max_connections_per_uid == 0 || r.reserved_connections == 0 {
+            return Err(ConfigError(
+                "rpc.max_connections_per_uid and rpc.reserved_connections must be > 0".into(),
+            ));
+        }
+        if r.max_connections_per_uid + r.reserved_connections > r.max_connections {
+            return Err(ConfigError(format!(
+                "rpc.max_connections_per_uid ({}) + rpc.reserved_connections ({}) must not exceed \
+                 rpc.max_connections ({}): one uid at its cap must leave the reserve free",
+                r.max_connections_per_uid, r.reserved_connections, r.max_connections
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -325,6 +398,16 @@ struct RawConfig {
     heaps: Option<RawHeaps>,
     aliases: Option<BTreeMap<String, String>>,
     quota: Option<RawQuota>,
+    rpc: Option<RawRpc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRpc {
+    max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
+    reserved_connections: Option<usize>,
+    idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +547,30 @@ mod tests {
         assert!(c.machine_heap_names().contains("system"));
         let ok = Config::parse("[aliases]\ncamera = \"system\"").unwrap();
         assert!(ok.check_aliases(&heaps).is_ok());
+    }
+
+    #[test]
+    fn rpc_limits_default_and_are_checked() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.rpc, RpcConfig::default());
+        let c = Config::parse(
+            "[rpc]\nmax_connections = 10\nmax_connections_per_uid = 4\nreserved_connections = 6\n\
+             idle_timeout_ms = 500",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.rpc.max_connections, c.rpc.max_connections_per_uid),
+            (10, 4)
+        );
+        assert_eq!(
+            (c.rpc.reserved_connections, c.rpc.idle_timeout_ms),
+            (6, 500)
+        );
+        let e =
+            Config::parse("[rpc]\nmax_connections = 10\nmax_connections_per_uid = 8").unwrap_err();
+        assert!(e.0.contains("rpc.max_connections_per_uid (8)"), "{e}");
+        assert!(Config::parse("[rpc]\nidle_timeout_ms = 0").is_err());
+        assert!(Config::parse("[rpc]\nreserved_connections = 0").is_err());
     }
 
     #[test]

@@ -24,8 +24,14 @@ pub struct Running {
     pub transport: Transport,
     /// The service state, for in-process dumps (the demo).
     pub service: DmaBufService,
-    _guard: rsbinder::ServerGuard,
+    _guard: Serving,
     _runtime: tokio::runtime::Runtime,
+}
+
+/// What keeps the server running; dropping it stops an RPC server.
+enum Serving {
+    Kernel(#[allow(dead_code)] rsbinder::ServerGuard),
+    Rpc(#[allow(dead_code)] crate::rpc_gate::RpcGuard),
 }
 
 /// Opens the heaps, picks the transport and starts serving. Prints the
@@ -98,8 +104,13 @@ pub fn start_with(
     let service = DmaBufService::new(allocator.clone(), monitor);
     let binder = BnDmaBufAllocator::new_binder(service.clone());
     let guard = match &transport {
-        Transport::Kernel => transport::serve_kernel(binder.as_binder()),
-        Transport::Rpc(p) => transport::serve_rpc(p, binder.as_binder()),
+        Transport::Kernel => transport::serve_kernel(binder.as_binder()).map(Serving::Kernel),
+        Transport::Rpc(p) => {
+            let c = allocator.config();
+            let mut privileged = c.service.privileged_uids.clone();
+            privileged.push(0);
+            transport::serve_rpc(p, binder.as_binder(), &c.rpc, privileged).map(Serving::Rpc)
+        }
     }
     .map_err(|e| format!("cannot serve on {transport}: {e}"))?;
 

@@ -31,6 +31,7 @@ pub mod privileges;
 pub mod procfs;
 pub mod registry;
 pub mod report;
+pub mod rpc_gate;
 pub mod scan;
 pub mod service;
 pub mod sys;

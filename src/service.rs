@@ -201,6 +201,16 @@ fn require_caller_pid(c: Caller, method: &str) -> Result<()> {
     if c.pid > 0 {
         return Ok(());
     }
+    if c.pid == OPENER_GONE {
+        return Err(Error::new(
+            Kind::IllegalArgument,
+            format!(
+                "{method}: the process that opened this RPC connection has exited, so the \
+                 connection's pid names no caller (the caller may be a process that inherited \
+                 the connection, and the pid may be reused); open a connection of your own"
+            ),
+        ));
+    }
     Err(Error::new(
         Kind::IllegalArgument,
         format!(
@@ -274,11 +284,26 @@ fn scan_failed(e: crate::monitor::ScanFailed) -> Error {
     )
 }
 
+/// The pid a caller gets when its RPC connection's opener has exited (no
+/// process has it; distinct from the kernel's 0 for oneway calls).
+const OPENER_GONE: i32 = i32::MIN;
+
+/// The caller as the transport reports it. Over RPC the pid is the
+/// connection's opener, taken at connect (`SO_PEERCRED`): once that process
+/// has exited the pid names nobody, or a recycled process, and whoever
+/// still calls through the connection (a child that inherited it) is not
+/// it; the pid is then [`OPENER_GONE`], which no own-pid check accepts.
 fn caller() -> Caller {
-    Caller {
+    let mut c = Caller {
         uid: rsbinder::get_calling_uid(),
         pid: rsbinder::get_calling_pid(),
+    };
+    if let Some(peer) = crate::rpc_gate::current_peer() {
+        if peer.pid == c.pid && !peer.opener_alive() {
+            c.pid = OPENER_GONE;
+        }
     }
+    c
 }
 
 /// Runs a handler for the current caller and maps its error to a status.
@@ -415,6 +440,13 @@ mod tests {
             assert!(e.message.contains("pid"), "{e}");
         }
         assert!(s.allocator.registry().is_empty(), "owner pid 0 recorded");
+        // An RPC connection whose opener exited says so.
+        let gone = app(OPENER_GONE);
+        let e = s.allocate(gone, &request()).unwrap_err();
+        assert!(e.message.contains("has exited"), "{e}");
+        let e = s.reset_hwm(gone, 1).unwrap_err();
+        assert!(e.message.contains("has exited"), "{e}");
+        assert!(s.allocator.registry().is_empty());
         // A real caller still allocates and reads its own figures.
         let me = app(std::process::id() as i32);
         assert!(s.allocate(me, &request()).is_ok());

@@ -141,24 +141,23 @@ fn file_type_name(t: &std::fs::FileType) -> &'static str {
 
 /// Serves `binder` over RPC at `path` (fd passing on). Replaces a stale
 /// socket (nothing else), creates the directory, and lets any local user
-/// connect: who may do what is decided per call from the peer's uid.
-pub fn serve_rpc(path: &Path, binder: SIBinder) -> std::io::Result<rsbinder::ServerGuard> {
+/// connect: who may do what is decided per call from the peer's uid, and
+/// how many connections each uid may hold by the gate in front of
+/// rsbinder ([`crate::rpc_gate`], limits from the config's `[rpc]`).
+pub fn serve_rpc(
+    path: &Path,
+    binder: SIBinder,
+    limits: &crate::config::RpcConfig,
+    privileged: Vec<u32>,
+) -> std::io::Result<crate::rpc_gate::RpcGuard> {
     use std::os::unix::fs::PermissionsExt;
     crate::service::install_oneway_guard();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     remove_stale_socket(path)?;
-    let guard = rsbinder::serve(Endpoint::unix(path))
-        .and_then(|s| s.add(SERVICE_NAME, binder))
-        .map(|s| {
-            s.with(|o| {
-                o.fd_modes = Some(vec![FileDescriptorTransportMode::Unix]);
-                o.threads = Some(8);
-            })
-        })
-        .and_then(|s| s.spawn())
-        .map_err(|e| std::io::Error::other(format!("RPC server on {}: {e:?}", path.display())))?;
+    let guard = crate::rpc_gate::serve(path, SERVICE_NAME, binder, limits, privileged)
+        .map_err(|e| std::io::Error::other(format!("RPC server on {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(guard)
 }
