@@ -29,15 +29,31 @@ pub trait ScanSource: Send + Sync {
     fn live(&self) -> io::Result<Option<Vec<LiveBuffer>>>;
 }
 
-/// `/proc/<pid>/fd`, `fdinfo` and `maps` of every process.
+/// `/proc/<pid>/fd`, `fdinfo` and `maps` of every process; the kernel's
+/// buffer list from a pinned `iter/dmabuf` when one is given (Android's
+/// bpfloader pins one that any reader may use without loading BPF).
 pub struct ProcfsSource {
     pub proc_root: PathBuf,
+    pub pinned: Option<PathBuf>,
 }
 
 impl ProcfsSource {
     pub fn new() -> ProcfsSource {
         ProcfsSource {
             proc_root: PathBuf::from(procfs::PROC_ROOT),
+            pinned: None,
+        }
+    }
+
+    fn pinned_list(&self) -> io::Result<Option<Vec<LiveBuffer>>> {
+        match &self.pinned {
+            Some(p) => Ok(Some(
+                bpf::read_pinned_buffers(p)?
+                    .into_iter()
+                    .map(live_of)
+                    .collect(),
+            )),
+            None => Ok(None),
         }
     }
 }
@@ -54,18 +70,20 @@ impl ScanSource for ProcfsSource {
     }
 
     fn exact_liveness(&self) -> bool {
-        false
+        self.pinned.is_some()
     }
 
     fn scan(&self) -> io::Result<Scan> {
+        // The list first (see BpfSource::scan).
+        let live = self.pinned_list()?;
         Ok(Scan {
             processes: procfs::scan_all(&self.proc_root)?,
-            live: None,
+            live,
         })
     }
 
     fn live(&self) -> io::Result<Option<Vec<LiveBuffer>>> {
-        Ok(None)
+        self.pinned_list()
     }
 }
 
@@ -233,9 +251,20 @@ pub struct Chosen {
 /// privilege). `memfd_heaps`: the memfd heap serves buffers BPF cannot see
 /// (they are not dma-bufs), so auto mode keeps procfs then.
 pub fn choose(choice: SourceChoice, memfd_heaps: bool) -> Result<Chosen, String> {
-    let procfs = |why: String| Chosen {
-        source: Box::new(ProcfsSource::new()),
-        reason: format!("procfs ({why}; liveness inferred from holders)"),
+    let pinned = Path::new(ANDROID_PINNED_DMABUF_ITER);
+    let pinned = fs::File::open(pinned).is_ok().then(|| pinned.to_path_buf());
+    let procfs = |why: String| {
+        let liveness = match &pinned {
+            Some(p) => format!("buffer list from the pinned {}", p.display()),
+            None => "liveness inferred from holders".to_string(),
+        };
+        Chosen {
+            source: Box::new(ProcfsSource {
+                proc_root: PathBuf::from(procfs::PROC_ROOT),
+                pinned: pinned.clone(),
+            }),
+            reason: format!("procfs ({why}; {liveness})"),
+        }
     };
     match choice {
         SourceChoice::Procfs => return Ok(procfs("forced by config".into())),
@@ -253,8 +282,6 @@ pub fn choose(choice: SourceChoice, memfd_heaps: bool) -> Result<Chosen, String>
         }
         Err(e) => return Err(format!("scan_source = \"bpf\" but {e}")),
     };
-    let pinned = Path::new(ANDROID_PINNED_DMABUF_ITER);
-    let pinned = fs::File::open(pinned).is_ok().then(|| pinned.to_path_buf());
     let src = BpfSource::new(iters, pinned.clone());
     let list = match (&pinned, src.iters.has_buffer_list()) {
         (Some(p), _) => format!("buffer list from the pinned {}", p.display()),
@@ -268,4 +295,51 @@ pub fn choose(choice: SourceChoice, memfd_heaps: bool) -> Result<Chosen, String>
         reason: format!("bpf (iter/task_file + iter/task_vma; {list})"),
         source: Box::new(src),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Android: the service cannot load BPF itself (only bpfloader can), but
+    /// the iterator bpfloader pins gives the procfs source the kernel's
+    /// exact list. Tested against a file in that pin's 4-line format (no
+    /// Android device here).
+    #[test]
+    fn procfs_with_a_pinned_buffer_list_has_exact_liveness() {
+        let dir = std::env::temp_dir().join(format!("dmabufd-pin-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let pin = dir.join("prog_dmabufIter_iter_dmabuf");
+        fs::write(
+            &pin,
+            "4242\n65536\ncamera preview\nsystem\n77\n4096\n\nudmabuf\n",
+        )
+        .unwrap();
+        let src = ProcfsSource {
+            proc_root: PathBuf::from(procfs::PROC_ROOT),
+            pinned: Some(pin),
+        };
+        assert!(src.exact_liveness());
+        let live = src.live().unwrap().unwrap();
+        assert_eq!(
+            live,
+            vec![
+                LiveBuffer {
+                    key: BufferKey::dmabuf(4242),
+                    size: 65536,
+                    exporter: "system".into(),
+                    name: "camera preview".into(),
+                },
+                LiveBuffer {
+                    key: BufferKey::dmabuf(77),
+                    size: 4096,
+                    exporter: "udmabuf".into(),
+                    name: String::new(),
+                },
+            ]
+        );
+        assert_eq!(src.scan().unwrap().live.unwrap().len(), 2);
+        assert!(!ProcfsSource::new().exact_liveness());
+        fs::remove_dir_all(dir).unwrap();
+    }
 }
