@@ -489,7 +489,13 @@ fn accept_loop(
         match listener.accept() {
             Ok((stream, _)) => admit(stream, &server, &admission, idle, &refusals),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
+                // Sleep in the kernel until a client connects (or half a
+                // second passes, to notice `stop`): an idle service must
+                // not wake up hundreds of times a second.
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                use std::os::fd::AsFd;
+                let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(500u16));
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOMEM heal as connections close; the
