@@ -153,21 +153,17 @@ impl DmaBufService {
     pub fn render_dump(&self, w: &mut dyn Write, args: &[String]) -> std::io::Result<()> {
         use report::dump_args::DumpRequest;
         let request = report::dump_args::parse(args);
-        match &request {
-            Ok(DumpRequest::Source) => {
-                return writeln!(w, "scan source: {}", self.monitor.source_reason())
-            }
-            // Help and argument errors need no scan.
-            Ok(DumpRequest::Help) | Err(_) => {
-                return w.write_all(&report::dump_output(args, no_scan))
-            }
-            _ => {}
+        if let Ok(DumpRequest::Source) = request {
+            return writeln!(w, "scan source: {}", self.monitor.source_reason());
         }
-        let acc = match self.monitor.refresh() {
-            Ok(a) => a,
-            Err(e) => return writeln!(w, "error: {e}; try again"),
-        };
-        w.write_all(&report::dump_output(args, || acc.as_ref().clone()))?;
+        // Scans only for a report (not for help or an argument error).
+        let mut scanned = None;
+        w.write_all(&report::render_request(&request, || {
+            let acc = self.monitor.refresh().map_err(|e| e.to_string())?;
+            scanned = Some(acc.clone());
+            Ok(acc)
+        }))?;
+        let Some(acc) = scanned else { return Ok(()) };
         // The registry's own state, under plain-text views only.
         if let Ok(DumpRequest::Text { csv: false, .. }) = request {
             let reg = self.allocator.registry();
@@ -263,18 +259,6 @@ impl rsbinder::observe::TransactionObserver for OnewayObserver {
 pub fn install_oneway_guard() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| rsbinder::observe::set_observer(Some(Arc::new(OnewayObserver))));
-}
-
-/// Help and argument errors render without a scan (`dump_output` does not
-/// call for one then; an empty view if it ever did).
-fn no_scan() -> crate::accounting::Accounting {
-    crate::accounting::build(
-        &[],
-        None,
-        &[],
-        &mut crate::accounting::HwmTracker::new(),
-        std::time::Instant::now(),
-    )
 }
 
 fn scan_failed(e: crate::monitor::ScanFailed) -> Error {

@@ -239,15 +239,28 @@ pub fn proto_bytes(a: &Accounting) -> Vec<u8> {
 /// What `dump(args)` writes: help, a one-line error, the protobuf report, or
 /// the text/CSV report. `accounting` is only called when a report is wanted.
 pub fn dump_output<S: AsRef<str>>(args: &[S], accounting: impl FnOnce() -> Accounting) -> Vec<u8> {
-    match dump_args::parse(args) {
+    render_request(&dump_args::parse(args), || Ok::<_, String>(accounting()))
+}
+
+/// [`dump_output`] for arguments already parsed. `accounting` is called
+/// only for a report; when it fails, the output is its one-line error.
+pub fn render_request<A: std::borrow::Borrow<Accounting>>(
+    request: &Result<DumpRequest, dump_args::DumpArgsError>,
+    accounting: impl FnOnce() -> Result<A, String>,
+) -> Vec<u8> {
+    let report = |draw: &dyn Fn(&Accounting) -> Vec<u8>| match accounting() {
+        Ok(a) => draw(a.borrow()),
+        Err(e) => format!("error: {e}; try again\n").into_bytes(),
+    };
+    match request {
         // The message quotes the arguments: escaped, it stays one line.
         Err(e) => format!("error: {}\n", escape::escape(&e.to_string())).into_bytes(),
         Ok(DumpRequest::Help) => dump_args::HELP.as_bytes().to_vec(),
         // The caller (the service) knows the source; nothing to render here.
         Ok(DumpRequest::Source) => Vec::new(),
-        Ok(DumpRequest::Proto) => proto_bytes(&accounting()),
+        Ok(DumpRequest::Proto) => report(&proto_bytes),
         Ok(DumpRequest::Text { view, csv, pid }) => {
-            text::render(&accounting(), view, csv, pid).into_bytes()
+            report(&|a| text::render(a, *view, *csv, *pid).into_bytes())
         }
     }
 }
@@ -286,27 +299,36 @@ pub(crate) mod sample {
         }
     }
 
-    pub fn accounting() -> Accounting {
+    /// The strings the sample shows; the rest of its structure is fixed.
+    struct Names {
+        camera: &'static str,
+        preview: &'static str,
+        viewer: &'static str,
+        udmabuf: &'static str,
+        secret: &'static str,
+    }
+
+    fn with_names(n: Names) -> Accounting {
         let scans = vec![
             ProcessScan {
                 pid: 100,
                 uid: 10001,
-                comm: "camera".into(),
-                result: Ok(vec![dmabuf_use(17, MB, 1, 1, "system", "preview")]),
+                comm: n.camera.into(),
+                result: Ok(vec![dmabuf_use(17, MB, 1, 1, "system", n.preview)]),
             },
             ProcessScan {
                 pid: 200,
                 uid: 10002,
-                comm: "viewer".into(),
+                comm: n.viewer.into(),
                 result: Ok(vec![
-                    dmabuf_use(17, MB, 2, 0, "system", "preview"),
-                    dmabuf_use(23, 8192, 1, 0, "udmabuf", ""),
+                    dmabuf_use(17, MB, 2, 0, "system", n.preview),
+                    dmabuf_use(23, 8192, 1, 0, "udmabuf", n.udmabuf),
                 ]),
             },
             ProcessScan {
                 pid: 300,
                 uid: 10003,
-                comm: "secret".into(),
+                comm: n.secret.into(),
                 result: Err(ScanError {
                     path: PathBuf::from("/proc/300/fd"),
                     kind: std::io::ErrorKind::PermissionDenied,
@@ -326,10 +348,10 @@ pub(crate) mod sample {
             heap: "system".into(),
             kind: HeapKind::DmaHeap,
             size: MB,
-            name: "preview".into(),
+            name: n.preview.into(),
             owner_uid: 10001,
             owner_pid: 100,
-            owner_name: "camera".into(),
+            owner_name: n.camera.into(),
             allocated_at: at() - Duration::from_secs(60),
             committed_at: std::time::Instant::now(),
         }];
@@ -344,67 +366,27 @@ pub(crate) mod sample {
         a
     }
 
+    pub fn accounting() -> Accounting {
+        with_names(Names {
+            camera: "camera",
+            preview: "preview",
+            viewer: "viewer",
+            udmabuf: "",
+            secret: "secret",
+        })
+    }
+
     /// [`accounting`] with hostile strings: a command name and buffer names
     /// carrying newlines, tabs and carriage returns that would forge lines
     /// if printed raw. Same structure, so the same number of lines.
     pub fn hostile() -> Accounting {
-        const COMM: &str = "a\nPID 1 x";
-        const NAME: &str = "x\nino:\t1\r\n";
-        let scans = vec![
-            ProcessScan {
-                pid: 100,
-                uid: 10001,
-                comm: COMM.into(),
-                result: Ok(vec![dmabuf_use(17, MB, 1, 1, "system", NAME)]),
-            },
-            ProcessScan {
-                pid: 200,
-                uid: 10002,
-                comm: "v\r\\\x1b[2J".into(),
-                result: Ok(vec![
-                    dmabuf_use(17, MB, 2, 0, "system", NAME),
-                    dmabuf_use(23, 8192, 1, 0, "udmabuf", "\n,\"q\""),
-                ]),
-            },
-            ProcessScan {
-                pid: 300,
-                uid: 10003,
-                comm: "s\nPID 2".into(),
-                result: Err(ScanError {
-                    path: PathBuf::from("/proc/300/fd"),
-                    kind: std::io::ErrorKind::PermissionDenied,
-                    errno: Some(13),
-                    message: "Permission denied (os error 13)".into(),
-                }),
-            },
-            ProcessScan {
-                pid: 400,
-                uid: 1100,
-                comm: "dmabufd".into(),
-                result: Ok(vec![]),
-            },
-        ];
-        let registry = vec![BufferRecord {
-            inode: 17,
-            heap: "system".into(),
-            kind: HeapKind::DmaHeap,
-            size: MB,
-            name: NAME.into(),
-            owner_uid: 10001,
-            owner_pid: 100,
-            owner_name: COMM.into(),
-            allocated_at: at() - Duration::from_secs(60),
-            committed_at: std::time::Instant::now(),
-        }];
-        let mut a = build(
-            &scans,
-            None,
-            &registry,
-            &mut HwmTracker::new(),
-            std::time::Instant::now(),
-        );
-        a.built_at = at();
-        a
+        with_names(Names {
+            camera: "a\nPID 1 x",
+            preview: "x\nino:\t1\r\n",
+            viewer: "v\r\\\x1b[2J",
+            udmabuf: "\n,\"q\"",
+            secret: "s\nPID 2",
+        })
     }
 
     pub fn empty() -> Accounting {
