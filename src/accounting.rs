@@ -256,11 +256,6 @@ impl HwmTracker {
     }
 }
 
-/// The key under which a registry record's buffer shows.
-pub fn key_of(record: &BufferRecord) -> BufferKey {
-    record.key()
-}
-
 /// What the scans say about one buffer, before figures are computed.
 #[derive(Default)]
 struct Seen {

@@ -87,18 +87,9 @@ impl Monitor {
         }
     }
 
-    /// `bpf` or `procfs`.
-    pub fn source_name(&self) -> &'static str {
-        self.source.name()
-    }
-
     /// Which source and why, in one line.
     pub fn source_reason(&self) -> &str {
         &self.source_reason
-    }
-
-    pub fn exact_liveness(&self) -> bool {
-        self.source.exact_liveness()
     }
 
     /// A view that started no earlier than this call: made here, or by

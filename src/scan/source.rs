@@ -142,9 +142,7 @@ impl ScanSource for BpfSource {
     fn scan(&self) -> io::Result<Scan> {
         // The list first: a buffer referenced by a process is alive, so a
         // buffer created between the reads still shows through its holder.
-        let live: Option<Vec<LiveBuffer>> = self
-            .kernel_buffers()?
-            .map(|v| v.into_iter().map(live_of).collect());
+        let live = self.live()?;
         let fds = self.iters.fd_refs()?;
         let maps = self.iters.map_refs()?;
         let processes = join_references(&self.proc_root, &fds, &maps, live.as_deref());
@@ -167,39 +165,45 @@ pub fn join_references(
     maps: &[bpf::MapRef],
     live: Option<&[LiveBuffer]>,
 ) -> Vec<ProcessScan> {
-    let page = 4096u64;
+    // vm_pgoff counts the kernel's pages (16 KiB on some arm64 kernels).
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64);
     let known: BTreeMap<BufferKey, &LiveBuffer> = live
         .unwrap_or_default()
         .iter()
         .map(|b| (b.key, b))
         .collect();
     let mut per_pid: BTreeMap<i32, BTreeMap<BufferKey, BufferUse>> = BTreeMap::new();
-    let empty = |key: BufferKey| BufferUse {
-        key,
-        size: None,
-        map_extent: 0,
-        exporter: known.get(&key).map(|b| b.exporter.clone()),
-        name: known.get(&key).map(|b| b.name.clone()).unwrap_or_default(),
-        fd_refs: 0,
-        map_refs: 0,
-    };
-    for f in fds {
-        let key = BufferKey::dmabuf(f.inode);
-        let u = per_pid
-            .entry(f.tgid)
+    fn use_of<'a>(
+        per_pid: &'a mut BTreeMap<i32, BTreeMap<BufferKey, BufferUse>>,
+        known: &BTreeMap<BufferKey, &LiveBuffer>,
+        tgid: i32,
+        inode: u64,
+    ) -> &'a mut BufferUse {
+        let key = BufferKey::dmabuf(inode);
+        per_pid
+            .entry(tgid)
             .or_default()
             .entry(key)
-            .or_insert_with(|| empty(key));
+            .or_insert_with(|| BufferUse {
+                key,
+                size: None,
+                map_extent: 0,
+                exporter: known.get(&key).map(|b| b.exporter.clone()),
+                name: known.get(&key).map(|b| b.name.clone()).unwrap_or_default(),
+                fd_refs: 0,
+                map_refs: 0,
+            })
+    }
+    for f in fds {
+        let u = use_of(&mut per_pid, &known, f.tgid, f.inode);
         u.fd_refs += 1;
         u.size = Some(f.size);
     }
     for m in maps {
-        let key = BufferKey::dmabuf(m.inode);
-        let u = per_pid
-            .entry(m.tgid)
-            .or_default()
-            .entry(key)
-            .or_insert_with(|| empty(key));
+        let u = use_of(&mut per_pid, &known, m.tgid, m.inode);
         u.map_refs += 1;
         let extent = m.pgoff.saturating_mul(page) + m.end.saturating_sub(m.start);
         u.map_extent = u.map_extent.max(extent);
