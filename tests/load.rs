@@ -89,18 +89,7 @@ default_max_size = "16M"
     )
 }
 
-/// xorshift64*.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use common::Rng;
 
 /// Mixed sizes: mostly powers of two from 4 KiB to 1 MiB, some odd sizes
 /// (page-rounded by the service).
@@ -188,7 +177,7 @@ fn load_worker() {
         setuid(Uid::from_raw(uid)).unwrap();
     }
     let a = dmabufd::client::Allocator::connect_rpc(&socket).expect("connect");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut held = VecDeque::new();
     let mut lat: Vec<u8> = Vec::with_capacity(cycles as usize * 4);
     let (mut ok, mut failed, mut quota, mut first) = (0u64, 0u64, 0u64, String::new());

@@ -45,6 +45,31 @@ pub fn finish(child: Child, uid: u32, role: &str) -> Result<String, String> {
     Ok(stdout)
 }
 
+/// Starts `cmd` with piped stdio and waits for its first line, `ready`.
+/// Any other line (or none) kills it and is an error carrying its stderr.
+pub fn start_ready(mut cmd: Command, what: &str) -> Result<Child, String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning {what}: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().ok_or("no stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        return Err(format!(
+            "{what} not ready: {line:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(child)
+}
+
 /// The command that starts an app process for `role` as `uid`.
 pub fn command_as(uid: u32, role: &str, args: &[&str]) -> Command {
     let exe = std::env::current_exe().expect("current_exe");

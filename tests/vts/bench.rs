@@ -4,9 +4,9 @@
 //! over RPC binder, plus allocations per second with 8 concurrent apps.
 //! Under TCG only ratios taken within one run mean anything.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use dmabufd::client::Allocator;
@@ -116,24 +116,10 @@ fn throughput() -> Result<(), String> {
     let mut apps = Vec::new();
     for i in 0..APPS {
         let uid = if i % 2 == 0 { APP_A } else { APP_B };
-        let mut child = app::command_as(uid, "bench-loop", &[&ALLOCS_PER_APP.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawning app {i}: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().ok_or("no stdout")?)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        if line.trim() != "ready" {
-            let _ = child.kill();
-            let out = child.wait_with_output().map_err(|e| e.to_string())?;
-            return Err(format!(
-                "app {i} not ready: {line:?} {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        let child = app::start_ready(
+            app::command_as(uid, "bench-loop", &[&ALLOCS_PER_APP.to_string()]),
+            &format!("app {i}"),
+        )?;
         apps.push((uid, child));
     }
     let start = Instant::now();

@@ -7,9 +7,9 @@
 //!   held, one on each source (default 5 s scan interval);
 //! - allocation p50 of 4 KiB with and without the registry journal.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use dmabufd::accounting::{build, dmabuf_dump_style, HwmTracker};
@@ -114,20 +114,10 @@ pub fn run() -> Result<(), String> {
     let mut holders = Vec::new();
     for i in 0..PROCS {
         let uid = if i % 2 == 0 { APP_A } else { APP_B };
-        let mut child = app::command_as(uid, "bench-holder", &[])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("holder {i}: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().ok_or("no stdout")?)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        if line.trim() != "ready" {
-            let _ = child.kill();
-            return Err(format!("holder {i}: {line:?}"));
-        }
+        let child = app::start_ready(
+            app::command_as(uid, "bench-holder", &[]),
+            &format!("holder {i}"),
+        )?;
         holders.push(child);
     }
     let iters = dmabufd::scan::bpf::BpfIters::load().map_err(|e| e.to_string())?;

@@ -107,26 +107,17 @@ fn bpf_holder(args: &[&str]) -> RoleResult {
 
 /// Starts the holders and waits until each has allocated.
 fn start_holders() -> Result<Vec<std::process::Child>, String> {
-    use std::io::BufRead;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     for _ in 0..HOLDERS {
-        let mut child = Command::new(&exe)
-            .args(["--app", "bpf-holder", &HOLDER_BUFFERS.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawning a holder: {e}"))?;
-        let mut line = String::new();
-        let stdout = child.stdout.as_mut().ok_or("holder stdout")?;
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        children.push(child);
-        if line.trim() != "ready" {
-            stop_holders(children);
-            return Err(format!("a holder said {line:?} instead of ready"));
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--app", "bpf-holder", &HOLDER_BUFFERS.to_string()]);
+        match crate::app::start_ready(cmd, "a holder") {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                stop_holders(children);
+                return Err(e);
+            }
         }
     }
     Ok(children)
