@@ -216,8 +216,7 @@ impl DmaBufService {
         self.snapshots.dump_chunk(
             c.uid,
             args,
-            snapshot_id,
-            offset,
+            (snapshot_id, offset),
             self.page_budget(),
             std::time::Instant::now(),
             || self.dump_bytes(args),

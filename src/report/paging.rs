@@ -175,8 +175,7 @@ impl Snapshots {
         &self,
         uid: u32,
         args: &[String],
-        snapshot_id: i64,
-        offset: i64,
+        (snapshot_id, offset): (i64, i64),
         budget: usize,
         now: Instant,
         render: impl FnOnce() -> Result<Vec<u8>>,
@@ -468,7 +467,7 @@ mod tests {
         let mut id = 0;
         loop {
             let c = s
-                .dump_chunk(10, &args, id, out.len() as i64, 4096, now, || {
+                .dump_chunk(10, &args, (id, out.len() as i64), 4096, now, || {
                     Ok(text.clone())
                 })
                 .unwrap();
@@ -483,11 +482,11 @@ mod tests {
         assert_eq!(out, text);
         let other = vec!["--csv".to_string()];
         let e = s
-            .dump_chunk(10, &other, id, 0, 4096, now, || Ok(vec![]))
+            .dump_chunk(10, &other, (id, 0), 4096, now, || Ok(vec![]))
             .unwrap_err();
         assert_eq!(e.kind, Kind::StaleSnapshot);
         let e = s
-            .dump_chunk(10, &args, id, text.len() as i64 + 1, 4096, now, || {
+            .dump_chunk(10, &args, (id, text.len() as i64 + 1), 4096, now, || {
                 Ok(vec![])
             })
             .unwrap_err();
