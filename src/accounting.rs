@@ -137,6 +137,26 @@ impl Total {
     }
 }
 
+/// The service's reserve pools at the time of a scan: buffers the service
+/// itself holds, no app's. Shown on a line of their own, never in a
+/// process's or owner's figures, and not in `total`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolFigures {
+    /// The service's pid (the holder of every pooled fd).
+    pub pid: i32,
+    pub classes: Vec<crate::pool::ClassStatus>,
+}
+
+impl PoolFigures {
+    /// Buffers and bytes held in all classes.
+    pub fn held(&self) -> Total {
+        self.classes.iter().fold(Total::default(), |t, c| Total {
+            count: t.count + c.available as u64,
+            bytes: t.bytes + c.size * c.available as u64,
+        })
+    }
+}
+
 /// Everything a report needs, built from one full scan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accounting {
@@ -157,6 +177,9 @@ pub struct Accounting {
     pub unreferenced_bytes: u64,
     /// Whether liveness came from the kernel's list of live buffers.
     pub exact_liveness: bool,
+    /// The service's pools (None: none configured); their buffers are in
+    /// no other field.
+    pub pool: Option<PoolFigures>,
     /// Registry keys whose buffers are gone: pass to
     /// `Registry::remove_freed(|r| gone.contains(&r.key()))`.
     pub gone: BTreeSet<BufferKey>,
@@ -486,6 +509,7 @@ pub fn build(
         total,
         unreferenced_bytes,
         exact_liveness: live.is_some(),
+        pool: None,
         gone,
         renamed,
     }

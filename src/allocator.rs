@@ -16,6 +16,7 @@ use crate::heap::dma_heap::DmaHeap;
 use crate::heap::memfd::MemfdHeap;
 use crate::heap::udmabuf::UdmabufHeap;
 use crate::heap::{page_align, Heap, HeapKind};
+use crate::pool::{self, Pools, POOL_BUFFER_NAME};
 use crate::registry::{BufferRecord, Registry, Usage};
 use crate::sys::DMA_BUF_NAME_MAX;
 
@@ -105,8 +106,37 @@ pub struct Allocator {
     registry: Arc<Registry>,
     reclaim: std::sync::OnceLock<Reclaim>,
     meminfo: MeminfoSource,
+    /// The memory guard's state: requests in flight and the last meminfo
+    /// figures read.
+    memory: std::sync::Mutex<MemoryState>,
+    /// The reserve pools, once started ([`Allocator::start_pools`]).
+    pools: std::sync::OnceLock<Arc<Pools>>,
+}
+
+/// The most buffers one [`Allocator::allocate_batch`] makes
+/// (`IDmaBufAllocator.MAX_BATCH_COUNT`).
+pub const MAX_BATCH_COUNT: usize = 64;
+
+/// How long the memory guard trusts a meminfo read for small requests that
+/// fit (less what it let through since, at most 4 MiB in all); any other
+/// request re-reads, and none is refused on an old read.
+pub const MEMINFO_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[derive(Default)]
+struct MemoryState {
     /// Bytes of requests between the memory guard and the heap's answer.
-    in_flight: std::sync::Mutex<u64>,
+    in_flight: u64,
+    /// The last figures read, if younger than [`MEMINFO_MAX_AGE`].
+    figures: Option<MemoryFigures>,
+}
+
+#[derive(Clone, Copy)]
+struct MemoryFigures {
+    read_at: std::time::Instant,
+    available: u64,
+    total: u64,
+    /// Bytes let through since the read (not yet in `available`).
+    passed_since: u64,
 }
 
 /// The memory guard keeps this much of MemAvailable free at least ...
@@ -117,14 +147,14 @@ pub const MEMORY_MARGIN_TOTAL_DIVISOR: u64 = 20;
 /// The bytes of one request counted as in flight by the memory guard until
 /// dropped (once the heap answered).
 struct InFlight<'a> {
-    counter: &'a std::sync::Mutex<u64>,
+    counter: &'a std::sync::Mutex<MemoryState>,
     bytes: u64,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut n = self.counter.lock().unwrap_or_else(|e| e.into_inner());
-        *n = n.saturating_sub(self.bytes);
+        let mut m = self.counter.lock().unwrap_or_else(|e| e.into_inner());
+        m.in_flight = m.in_flight.saturating_sub(self.bytes);
     }
 }
 
@@ -136,7 +166,8 @@ impl Allocator {
             registry,
             reclaim: std::sync::OnceLock::new(),
             meminfo: Box::new(|| std::fs::read_to_string(MEMINFO)),
-            in_flight: std::sync::Mutex::new(0),
+            memory: std::sync::Mutex::default(),
+            pools: std::sync::OnceLock::new(),
         }
     }
 
@@ -159,34 +190,72 @@ impl Allocator {
 
     /// The memory guard: counts `size` as in flight if it fits, with every
     /// other request in flight, below MemAvailable less the margin
-    /// ([`check_memory`]). Reads meminfo under the lock, so two requests
-    /// never both count on the same free memory. Fails closed.
+    /// ([`check_memory`]). Under the lock, so two requests never both count
+    /// on the same free memory. A meminfo read younger than
+    /// [`MEMINFO_MAX_AGE`], less what passed since, answers a request that
+    /// fits; one that does not fit re-reads before it is refused. Fails
+    /// closed.
     fn reserve_memory(&self, size: u64) -> Result<InFlight<'_>> {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let text = (self.meminfo)().map_err(|e| {
-            Error::new(
-                Kind::NoMemory,
-                format!(
-                    "cannot read {MEMINFO} ({e}) to check that {size} bytes fit in memory; \
-                     allocations are refused until it is readable"
-                ),
-            )
-        })?;
-        check_memory(&text, *in_flight, size)?;
-        *in_flight += size;
+        let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let cached = m
+            .figures
+            .filter(|f| now.saturating_duration_since(f.read_at) < MEMINFO_MAX_AGE);
+        // Only small requests ride on a recent read: together they stay
+        // within a sixteenth of the margin until the next read.
+        let fits_cached = cached.is_some_and(|f| {
+            f.passed_since.saturating_add(size) <= MEMORY_MARGIN_MIN / 16
+                && check_figures(
+                    f.available.saturating_sub(f.passed_since),
+                    f.total,
+                    m.in_flight,
+                    size,
+                )
+                .is_ok()
+        });
+        if !fits_cached {
+            m.figures = None;
+            let text = (self.meminfo)().map_err(|e| {
+                Error::new(
+                    Kind::NoMemory,
+                    format!(
+                        "cannot read {MEMINFO} ({e}) to check that {size} bytes fit in memory; \
+                         allocations are refused until it is readable"
+                    ),
+                )
+            })?;
+            let (available, total) = memory_figures(&text, size)?;
+            check_figures(available, total, m.in_flight, size)?;
+            m.figures = Some(MemoryFigures {
+                read_at: now,
+                available,
+                total,
+                passed_since: 0,
+            });
+        }
+        m.in_flight += size;
+        if let Some(f) = &mut m.figures {
+            f.passed_since += size;
+        }
         Ok(InFlight {
-            counter: &self.in_flight,
+            counter: &self.memory,
             bytes: size,
         })
     }
 
-    fn reserve(&self, caller: Caller, size: u64) -> Result<crate::registry::Reservation<'_>> {
+    /// Reserves quota for `count` buffers of `size` bytes (all or none).
+    fn reserve(
+        &self,
+        caller: Caller,
+        size: u64,
+        count: u64,
+    ) -> Result<crate::registry::Reservation<'_>> {
         let quota = self.config.quota_for(caller.uid);
         let limit = Usage {
             bytes: quota.bytes,
             count: quota.buffers,
         };
-        let mut attempt = self.registry.reserve(caller.uid, size, limit);
+        let mut attempt = self.registry.reserve_many(caller.uid, size, count, limit);
         // Usage counts records until the monitor sees their buffers freed:
         // look before refusing. A closed buffer leaves the kernel's list a
         // moment after its last fd is closed (the release runs when the
@@ -200,7 +269,7 @@ impl Allocator {
         while attempt.is_err() {
             let Some(found) = self.reclaim() else { break };
             looks += 1;
-            attempt = self.registry.reserve(caller.uid, size, limit);
+            attempt = self.registry.reserve_many(caller.uid, size, count, limit);
             let waited = start.elapsed();
             if attempt.is_ok()
                 || (looks >= RELEASE_LOOKS
@@ -219,11 +288,19 @@ impl Allocator {
                 used.bytes,
                 used.count
             );
+            let needs = if count == 1 {
+                format!("this request needs {size} more bytes")
+            } else {
+                format!(
+                    "this batch needs {} more bytes in {count} buffers",
+                    size.saturating_mul(count)
+                )
+            };
             Error::new(
                 Kind::QuotaExceeded,
                 format!(
                     "uid {} quota exceeded: {} bytes in {} buffers live, limit {} bytes / {} buffers; \
-                     this request needs {size} more bytes",
+                     {needs}",
                     caller.uid, used.bytes, used.count, quota.bytes, quota.buffers
                 ),
             )
@@ -391,7 +468,47 @@ impl Allocator {
         Ok(heap)
     }
 
+    /// Allocates one buffer: from the heap's pool when a class of its
+    /// page-rounded size has one ready, else fresh from the heap.
     pub fn allocate(&self, caller: Caller, req: &Request<'_>) -> Result<Allocation> {
+        let mut v = self.allocate_n(caller, req, 1, false)?;
+        v.pop()
+            .ok_or_else(|| Error::new(Kind::Internal, "no buffer made"))
+    }
+
+    /// Allocates `count` buffers (1 to [`MAX_BATCH_COUNT`]) of one request,
+    /// all or nothing: quota for the whole batch is reserved first; when a
+    /// buffer cannot be made, every one already made is closed, none is
+    /// recorded, and the error names the failing index and why. Every
+    /// buffer carries the request's name (or the heap-derived default).
+    pub fn allocate_batch(
+        &self,
+        caller: Caller,
+        req: &Request<'_>,
+        count: i32,
+    ) -> Result<Vec<Allocation>> {
+        let n = usize::try_from(count)
+            .ok()
+            .filter(|n| (1..=MAX_BATCH_COUNT).contains(n))
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::IllegalArgument,
+                    format!(
+                        "allocateBatch count {count}: allowed 1 to {MAX_BATCH_COUNT} \
+                         (MAX_BATCH_COUNT)"
+                    ),
+                )
+            })?;
+        self.allocate_n(caller, req, n, true)
+    }
+
+    fn allocate_n(
+        &self,
+        caller: Caller,
+        req: &Request<'_>,
+        count: usize,
+        batch: bool,
+    ) -> Result<Vec<Allocation>> {
         if req.flags & !KNOWN_FLAGS != 0 {
             return Err(Error::new(
                 Kind::InvalidFlags,
@@ -412,51 +529,175 @@ impl Allocator {
         };
         let max = self.config.max_size(heap.name());
         let size = checked_size(req.size, max, heap.name())?;
-        let in_flight = self.reserve_memory(size)?;
-        let reservation = self.reserve(caller, size)?;
-        let allocated = heap.allocate(size, name);
-        // The kernel has answered: the bytes show in MemAvailable now, or
-        // were never taken.
+        // Where the buffer failed, for a batch.
+        let at = |i: usize, e: Error| -> Error {
+            if batch {
+                Error::new(
+                    e.kind,
+                    format!(
+                        "buffer {i} of {count} failed, none of the batch was kept: {}",
+                        e.message
+                    ),
+                )
+            } else {
+                e
+            }
+        };
+        let pools = self.pools.get().filter(|p| p.has_class(heap.name(), size));
+        // Memory first for fresh buffers (a request RAM cannot hold is
+        // NO_MEMORY, whatever the quota); pooled ones are memory already.
+        let mut in_flight = match pools {
+            None => Some(self.reserve_memory(size.saturating_mul(count as u64))?),
+            Some(_) => None,
+        };
+        let reservation = self.reserve(caller, size, count as u64)?;
+        let mut made: Vec<(OwnedFd, u64)> = Vec::with_capacity(count);
+        if let Some(p) = pools {
+            while made.len() < count {
+                let Some(b) = p.take(heap.name(), size) else {
+                    break;
+                };
+                // Named before the fd leaves the service, like a fresh one.
+                match heap.rename(b.fd.as_fd(), name) {
+                    Ok(()) => made.push((b.fd, b.key.inode)),
+                    Err(e) => {
+                        log::warn!("cannot name a pooled buffer of {}: {e}", heap.name());
+                        break;
+                    }
+                }
+            }
+            let fresh = (count - made.len()) as u64;
+            if fresh > 0 {
+                in_flight = Some(
+                    self.reserve_memory(size.saturating_mul(fresh))
+                        .map_err(|e| at(made.len(), e))?,
+                );
+            }
+        }
+        while made.len() < count {
+            let fd = heap
+                .allocate(size, name)
+                .map_err(|e| at(made.len(), kernel_error(e, heap.name(), size)))?;
+            let inode = nix::sys::stat::fstat(fd.as_fd())
+                .map_err(|e| {
+                    at(
+                        made.len(),
+                        Error::new(Kind::Internal, format!("fstat of new buffer: {e}")),
+                    )
+                })?
+                .st_ino;
+            made.push((fd, inode));
+        }
+        // The kernel has answered: the bytes show in MemAvailable now.
         drop(in_flight);
-        let fd = match allocated {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.registry.cancel(reservation);
-                return Err(kernel_error(e, heap.name(), size));
-            }
-        };
-        let inode = match nix::sys::stat::fstat(fd.as_fd()) {
-            Ok(st) => st.st_ino,
-            Err(e) => {
-                self.registry.cancel(reservation);
-                return Err(Error::new(
-                    Kind::Internal,
-                    format!("fstat of new buffer: {e}"),
-                ));
-            }
-        };
-        self.registry.commit(
-            reservation,
-            BufferRecord {
-                inode,
-                heap: heap.name().to_string(),
+        let heap_name = heap.name().to_string();
+        let now = SystemTime::now();
+        let committed_at = std::time::Instant::now();
+        let records = made
+            .iter()
+            .map(|(_, inode)| BufferRecord {
+                inode: *inode,
+                heap: heap_name.clone(),
                 kind: heap.kind(),
                 size,
                 name: name.to_string(),
                 owner_uid: caller.uid,
                 owner_pid: caller.pid,
-                owner_name: process_name(caller.pid),
-                allocated_at: SystemTime::now(),
-                committed_at: std::time::Instant::now(),
-            },
-        );
-        Ok(Allocation {
-            fd,
-            inode,
-            size,
-            heap: heap.name().to_string(),
-            name: name.to_string(),
+                // Filled in at report time (Registry::fill_owner_names).
+                owner_name: String::new(),
+                allocated_at: now,
+                committed_at,
+            })
+            .collect();
+        self.registry.commit_many(reservation, records);
+        Ok(made
+            .into_iter()
+            .map(|(fd, inode)| Allocation {
+                fd,
+                inode,
+                size,
+                heap: heap_name.clone(),
+                name: name.to_string(),
+            })
+            .collect())
+    }
+
+    /// Plans the configured pools against this machine's heaps (the
+    /// start-up error names what is wrong) and installs them; the caller
+    /// starts their filler ([`Allocator::pool_maker`], [`Pools::run`]).
+    /// `None` when no pool is configured.
+    pub fn plan_pools(&self) -> std::result::Result<Option<Arc<Pools>>, String> {
+        let cfg = &self.config.pools;
+        if cfg.is_empty() {
+            return Ok(None);
+        }
+        let limits: Vec<pool::HeapLimit<'_>> = self
+            .heaps
+            .iter()
+            .map(|h| pool::HeapLimit {
+                name: h.name(),
+                max_size: self.config.max_size(h.name()),
+            })
+            .collect();
+        let plans = pool::plan(cfg, &limits, |n| {
+            self.resolve(n, 0).ok().map(|h| h.name().to_string())
         })
+        .map_err(|e| format!("config: {e}"))?;
+        let pools = Arc::new(Pools::new(plans, cfg));
+        let _ = self.pools.set(pools.clone());
+        Ok(Some(pools))
+    }
+
+    /// The pools, when configured and planned.
+    pub fn pools(&self) -> Option<&Arc<Pools>> {
+        self.pools.get()
+    }
+
+    /// What the pools' filler calls to make one buffer: fresh from the
+    /// heap, named [`POOL_BUFFER_NAME`], through the memory guard and only
+    /// while MemAvailable stays above `pools.min_available` after it.
+    pub fn pool_maker(self: &Arc<Self>) -> pool::Maker {
+        let me = Arc::downgrade(self);
+        Box::new(move |heap, size| {
+            let a = me
+                .upgrade()
+                .ok_or_else(|| Error::new(Kind::Internal, "the allocator is gone"))?;
+            a.make_pooled(heap, size)
+        })
+    }
+
+    fn make_pooled(&self, heap: &str, size: u64) -> Result<pool::Pooled> {
+        let h = self
+            .heap(heap)
+            .ok_or_else(|| Error::new(Kind::UnknownHeap, format!("no heap {heap:?}")))?;
+        let floor = self.config.pools.min_available;
+        if floor > 0 {
+            let text = (self.meminfo)()
+                .map_err(|e| Error::new(Kind::NoMemory, format!("cannot read {MEMINFO}: {e}")))?;
+            let avail = mem_available(&text).unwrap_or(0);
+            if avail.saturating_sub(size) < floor {
+                return Err(Error::new(
+                    Kind::NoMemory,
+                    format!(
+                        "MemAvailable {avail} bytes less {size} would fall below \
+                         pools.min_available ({floor} bytes)"
+                    ),
+                ));
+            }
+        }
+        let in_flight = self.reserve_memory(size)?;
+        let fd = h
+            .allocate(size, POOL_BUFFER_NAME)
+            .map_err(|e| kernel_error(e, heap, size))?;
+        drop(in_flight);
+        let inode = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| Error::new(Kind::Internal, format!("fstat of a pooled buffer: {e}")))?
+            .st_ino;
+        let key = match h.kind() {
+            HeapKind::Memfd => crate::scan::BufferKey::memfd(inode),
+            HeapKind::DmaHeap | HeapKind::Udmabuf => crate::scan::BufferKey::dmabuf(inode),
+        };
+        Ok(pool::Pooled { fd, key })
     }
 }
 
@@ -538,6 +779,13 @@ fn checked_size(size: i64, max: u64, heap: &str) -> Result<u64> {
 /// else on the machine. Fails closed: meminfo without MemAvailable or
 /// MemTotal refuses.
 pub fn check_memory(meminfo: &str, in_flight: u64, size: u64) -> Result<()> {
+    let (avail, total) = memory_figures(meminfo, size)?;
+    check_figures(avail, total, in_flight, size)
+}
+
+/// MemAvailable and MemTotal from meminfo text; refuses (fails closed)
+/// when either is missing.
+fn memory_figures(meminfo: &str, size: u64) -> Result<(u64, u64)> {
     let field = |name: &str| {
         meminfo_kb(meminfo, name).ok_or_else(|| {
             Error::new(
@@ -549,8 +797,11 @@ pub fn check_memory(meminfo: &str, in_flight: u64, size: u64) -> Result<()> {
             )
         })
     };
-    let avail = field("MemAvailable")?;
-    let total = field("MemTotal")?;
+    Ok((field("MemAvailable")?, field("MemTotal")?))
+}
+
+/// [`check_memory`] on figures already read.
+fn check_figures(avail: u64, total: u64, in_flight: u64, size: u64) -> Result<()> {
     let margin = MEMORY_MARGIN_MIN.max(total / MEMORY_MARGIN_TOTAL_DIVISOR);
     let room = avail.saturating_sub(margin);
     if in_flight.saturating_add(size) > room {
@@ -957,6 +1208,236 @@ mod tests {
             a.registry().usage_of(ME.uid),
             Usage::default(),
             "reservation released"
+        );
+    }
+
+    /// A memfd heap whose `fail_at`-th allocation (0-based, counted over
+    /// its life) fails with EIO.
+    struct FailingHeap {
+        inner: MemfdHeap,
+        made: std::sync::atomic::AtomicUsize,
+        fail_at: usize,
+    }
+
+    impl Heap for FailingHeap {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn kind(&self) -> HeapKind {
+            self.inner.kind()
+        }
+        fn allocate(&self, size: u64, name: &str) -> std::io::Result<OwnedFd> {
+            let i = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if i == self.fail_at {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::EIO));
+            }
+            self.inner.allocate(size, name)
+        }
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[test]
+    fn a_batch_is_named_recorded_and_owned_like_single_allocations() {
+        let a = alloc_with(Config::default());
+        let v = a
+            .allocate_batch(ME, &req("system", 5000, "burst", 0), 16)
+            .unwrap();
+        assert_eq!(v.len(), 16);
+        let inodes: std::collections::BTreeSet<u64> = v.iter().map(|b| b.inode).collect();
+        assert_eq!(inodes.len(), 16, "16 distinct buffers");
+        for b in &v {
+            assert_eq!((b.size, b.name.as_str()), (8192, "burst"));
+            let rec = a
+                .registry()
+                .get(crate::scan::BufferKey::memfd(b.inode))
+                .unwrap();
+            assert_eq!(
+                (rec.owner_uid, rec.owner_pid, rec.name.as_str()),
+                (ME.uid, ME.pid, "burst")
+            );
+        }
+        assert_eq!(
+            a.registry().usage_of(ME.uid),
+            Usage {
+                bytes: 16 * 8192,
+                count: 16
+            }
+        );
+        // Unnamed: the heap's name, on every buffer.
+        let v = a.allocate_batch(ME, &req("system", 1, "", 0), 2).unwrap();
+        assert!(v.iter().all(|b| b.name == "system"));
+    }
+
+    #[test]
+    fn batch_count_outside_1_to_64_is_refused_naming_the_range() {
+        let a = alloc_with(Config::default());
+        for n in [0, -1, 65, i32::MAX] {
+            let e = a
+                .allocate_batch(ME, &req("system", 4096, "", 0), n)
+                .unwrap_err();
+            assert_eq!(e.kind, Kind::IllegalArgument, "{e}");
+            assert!(e.message.contains("allowed 1 to 64"), "{e}");
+        }
+        assert!(a.registry().is_empty());
+        assert_eq!(
+            a.allocate_batch(ME, &req("system", 4096, "", 0), 64)
+                .unwrap()
+                .len(),
+            64
+        );
+    }
+
+    #[test]
+    fn a_batch_crossing_the_quota_is_refused_whole_and_usage_is_unchanged() {
+        let a = alloc_with(
+            Config::parse("[quota]\ndefault_buffers = 10\ndefault_bytes = \"1M\"").unwrap(),
+        );
+        let held = a.allocate(ME, &req("system", 4096, "", 0)).unwrap();
+        let before = a.registry().usage_of(ME.uid);
+        let fds = open_fds();
+        // 10 more would make 11 buffers.
+        let e = a
+            .allocate_batch(ME, &req("system", 4096, "b", 0), 10)
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::QuotaExceeded, "{e}");
+        assert!(
+            e.message
+                .contains("this batch needs 40960 more bytes in 10 buffers"),
+            "{e}"
+        );
+        // By bytes: 4 x 256 KiB over 1 MiB with the 4 KiB held.
+        let e = a
+            .allocate_batch(ME, &req("system", 256 << 10, "b", 0), 4)
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::QuotaExceeded, "{e}");
+        assert_eq!(a.registry().usage_of(ME.uid), before);
+        assert_eq!(a.registry().len(), 1);
+        assert_eq!(open_fds(), fds, "nothing made, nothing left open");
+        // What fits still goes through.
+        assert_eq!(
+            a.allocate_batch(ME, &req("system", 4096, "b", 0), 9)
+                .unwrap()
+                .len(),
+            9
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn a_batch_failing_at_one_buffer_releases_every_buffer_already_made() {
+        let heaps: Vec<Box<dyn Heap>> = vec![Box::new(FailingHeap {
+            inner: MemfdHeap::new("system"),
+            made: Default::default(),
+            fail_at: 5,
+        })];
+        let a = Allocator::new(heaps, Config::default(), Arc::new(Registry::new()));
+        let fds = open_fds();
+        let e = a
+            .allocate_batch(ME, &req("system", 4096, "b", 0), 8)
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Internal, "{e}");
+        assert!(
+            e.message.contains("buffer 5 of 8 failed") && e.message.contains("none of the batch"),
+            "{e}"
+        );
+        assert!(e.message.contains("heap \"system\""), "{e}");
+        assert!(a.registry().is_empty());
+        assert_eq!(a.registry().usage_of(ME.uid), Usage::default());
+        assert_eq!(open_fds(), fds, "the 5 made were closed");
+        // The heap works again: the next batch is whole.
+        assert_eq!(
+            a.allocate_batch(ME, &req("system", 4096, "b", 0), 8)
+                .unwrap()
+                .len(),
+            8
+        );
+    }
+
+    fn pooled_allocator(pools: &str) -> (Arc<Allocator>, Arc<Pools>) {
+        let a = Arc::new(alloc_with(Config::parse(pools).unwrap()));
+        let p = a.plan_pools().unwrap().expect("pools configured");
+        let make = a.pool_maker();
+        while let pool::Next::Fill(_) = p.step(&make) {}
+        (a, p)
+    }
+
+    #[test]
+    fn a_request_of_a_class_size_takes_a_pooled_buffer_recorded_like_a_fresh_one() {
+        let (a, p) = pooled_allocator(
+            "[pools]\nrefill_delay_ms = 60000\nmin_available = 0\n\
+             [pools.system]\nclasses = [{ size = \"64K\", count = 4 }]",
+        );
+        assert_eq!(p.held(), (4, 4 * 65536));
+        let pooled: std::collections::BTreeSet<u64> = p.keys().iter().map(|k| k.inode).collect();
+        assert!(a.registry().is_empty(), "pooled buffers are nobody's");
+        assert_eq!(a.registry().usage_of(ME.uid), Usage::default());
+        // 65000 bytes rounds up to the 64 KiB class.
+        let b = a.allocate(ME, &req("system", 65000, "cam", 0)).unwrap();
+        assert!(pooled.contains(&b.inode), "taken from the pool");
+        assert_eq!((b.size, b.name.as_str()), (65536, "cam"));
+        let rec = a
+            .registry()
+            .get(crate::scan::BufferKey::memfd(b.inode))
+            .unwrap();
+        assert_eq!((rec.owner_uid, rec.name.as_str()), (ME.uid, "cam"));
+        assert_eq!(p.held(), (3, 3 * 65536));
+        // Not a class size: fresh.
+        let f = a.allocate(ME, &req("system", 4096, "x", 0)).unwrap();
+        assert!(!pooled.contains(&f.inode));
+        // A batch takes the rest of the pool and makes what it lacks.
+        let v = a
+            .allocate_batch(ME, &req("system", 65536, "burst", 0), 5)
+            .unwrap();
+        assert_eq!(v.iter().filter(|b| pooled.contains(&b.inode)).count(), 3);
+        assert_eq!(p.held(), (0, 0));
+        assert_eq!(a.registry().usage_of(ME.uid).count, 7);
+    }
+
+    #[test]
+    fn a_pooled_buffer_is_not_taken_when_the_quota_refuses() {
+        let (a, p) = pooled_allocator(
+            "[quota]\ndefault_buffers = 1\n[pools]\nmin_available = 0\n\
+             [pools.system]\nclasses = [{ size = \"4K\", count = 2 }]",
+        );
+        let _b = a.allocate(ME, &req("system", 4096, "", 0)).unwrap();
+        assert_eq!(p.held().0, 1);
+        let e = a.allocate(ME, &req("system", 4096, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::QuotaExceeded);
+        assert_eq!(p.held().0, 1, "the pool kept its buffer");
+    }
+
+    #[test]
+    fn the_memory_guard_reuses_a_recent_read_but_rereads_before_refusing() {
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let avail = Arc::new(std::sync::atomic::AtomicU64::new(1 << 30));
+        let (r, av) = (reads.clone(), avail.clone());
+        let a = alloc_with(Config::parse("[heaps]\ndefault_max_size = \"1G\"").unwrap())
+            .with_meminfo(Box::new(move || {
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let kb = av.load(std::sync::atomic::Ordering::SeqCst) >> 10;
+                Ok(format!(
+                    "MemTotal: {} kB\nMemAvailable: {kb} kB\n",
+                    1u64 << 20
+                ))
+            }));
+        for _ in 0..10 {
+            a.allocate(ME, &req("system", 4096, "", 0)).unwrap();
+        }
+        let n = reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(n < 10, "{n} reads for 10 small allocations");
+        // Memory went away since the read: a request that no longer fits
+        // by the cached figure re-reads, and is refused on the fresh one.
+        avail.store(100 << 20, std::sync::atomic::Ordering::SeqCst);
+        let e = a
+            .allocate(ME, &req("system", (900 * MIB) as i64, "", 0))
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::NoMemory, "{e}");
+        assert!(
+            e.message.contains("104857600 bytes of memory available"),
+            "{e}"
         );
     }
 }

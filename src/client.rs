@@ -205,6 +205,45 @@ impl Allocator {
         })
     }
 
+    /// `count` buffers of one request in one round trip, all or nothing
+    /// (1 to `IDmaBufAllocator::MAX_BATCH_COUNT`); each carries `name`.
+    pub fn allocate_batch(
+        &self,
+        heap: &str,
+        size: u64,
+        name: &str,
+        count: i32,
+    ) -> Result<Vec<DmaBuffer>> {
+        let size = i64::try_from(size).map_err(|_| {
+            Error::local(
+                ExceptionCode::IllegalArgument,
+                format!("size {size} does not fit the 64-bit signed AIDL size"),
+            )
+        })?;
+        let bufs = self.service.allocateBatch(
+            &AllocationRequest {
+                heapName: heap.to_string(),
+                size,
+                name: name.to_string(),
+                flags: 0,
+            },
+            count,
+        )?;
+        bufs.into_iter()
+            .map(|b| {
+                let fd = b.fd.ok_or_else(|| {
+                    Error::local(ExceptionCode::IllegalState, "service returned no fd".into())
+                })?;
+                Ok(DmaBuffer {
+                    fd: fd.into(),
+                    size: b.size as u64,
+                    inode: b.inode as u64,
+                    heap: b.heapName,
+                })
+            })
+            .collect()
+    }
+
     pub fn process_memory(&self, pid: i32) -> Result<ProcessMemory> {
         Ok(self.service.getProcessMemory(pid)?)
     }

@@ -43,6 +43,8 @@ pub struct Config {
     pub aliases: BTreeMap<String, String>,
     pub quota: QuotaConfig,
     pub rpc: RpcConfig,
+    /// Reserve pools per heap (`[pools]`, see `pool.rs`); none by default.
+    pub pools: crate::pool::PoolConfig,
 }
 
 /// Limits on the RPC socket (the Unix-socket transport; kernel binder has
@@ -148,6 +150,7 @@ impl Default for Config {
                 per_uid: BTreeMap::new(),
             },
             rpc: RpcConfig::default(),
+            pools: crate::pool::PoolConfig::default(),
         }
     }
 }
@@ -313,6 +316,9 @@ impl Config {
             d.idle_timeout_ms = r.idle_timeout_ms.unwrap_or(d.idle_timeout_ms);
         }
         c.rpc.check()?;
+        if let Some(p) = raw.pools {
+            c.pools = crate::pool::PoolConfig::from_toml(&p).map_err(ConfigError)?;
+        }
         Ok(c)
     }
 
@@ -422,6 +428,7 @@ struct RawConfig {
     aliases: Option<BTreeMap<String, String>>,
     quota: Option<RawQuota>,
     rpc: Option<RawRpc>,
+    pools: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]

@@ -78,6 +78,15 @@ pub fn start_with(
         chosen.reason,
     ));
     recover(&monitor, allocator.registry(), loaded);
+    // Pools: planned (a bad class is a start-up error) and the PSI trigger
+    // written while still root; their threads start after the drop.
+    let pools = allocator.plan_pools()?;
+    let pressure = pools.as_ref().map(|_| {
+        let p = &allocator.config().pools;
+        let (watch, note) = crate::pressure::PressureWatch::open(&p.psi_trigger, p.min_available);
+        log::info!("pools: memory pressure from {note}");
+        watch
+    });
 
     // Privileges go before any thread starts (capabilities are per thread)
     // and before registering (the hub policy admits only the service uid).
@@ -93,6 +102,24 @@ pub fn start_with(
     }
     let reclaim = monitor.clone();
     allocator.set_reclaim(Box::new(move || reclaim.reclaim()));
+    if let (Some(pools), Some(watch)) = (pools, pressure) {
+        monitor.set_pools(pools.clone());
+        let make = allocator.pool_maker();
+        let filler = pools.clone();
+        std::thread::Builder::new()
+            .name("dmabufd-pool".into())
+            .spawn(move || filler.run(make))
+            .map_err(|e| format!("cannot start the pool filler: {e}"))?;
+        watch
+            .spawn(&pools)
+            .map_err(|e| format!("cannot start the pressure watcher: {e}"))?;
+        let classes: Vec<String> = pools
+            .status()
+            .iter()
+            .map(|c| format!("{} {} x {}", c.heap, c.size, c.target))
+            .collect();
+        log::info!("pools: filling {}", classes.join(", "));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("dmabufd-scan")

@@ -27,6 +27,8 @@ pub mod heap;
 pub mod journal;
 pub mod logging;
 pub mod monitor;
+pub mod pool;
+pub mod pressure;
 pub mod privileges;
 pub mod procfs;
 pub mod registry;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::accounting::{self, Accounting, HwmTracker};
 use crate::allocator::Reclaimed;
+use crate::pool::Pools;
 use crate::procfs::{self, ProcessScan};
 use crate::registry::Registry;
 use crate::scan::{BufferKind, ScanSource};
@@ -47,6 +48,9 @@ pub struct Monitor {
     compacted_at: Mutex<u64>,
     /// When each unprivileged uid last forced a fresh scan.
     asked_by: Mutex<std::collections::HashMap<u32, Instant>>,
+    /// The service's reserve pools: their buffers are the service's own
+    /// fds, reported as the pool, not as the service holding buffers.
+    pools: std::sync::OnceLock<Arc<Pools>>,
 }
 
 /// A scan that could not be made (nothing was changed).
@@ -84,7 +88,13 @@ impl Monitor {
             last: Mutex::new(None),
             compacted_at: Mutex::new(0),
             asked_by: Mutex::new(std::collections::HashMap::new()),
+            pools: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports `pools` as the service's pool (once; later calls are ignored).
+    pub fn set_pools(&self, pools: Arc<Pools>) {
+        let _ = self.pools.set(pools);
     }
 
     /// Which source and why, in one line.
@@ -115,13 +125,52 @@ impl Monitor {
     fn scan_now(&self) -> Result<Accounting, ScanFailed> {
         // Records before the scan: each was committed before the kernel's
         // list was read, so if its buffer lives, the list has it.
+        let pooled_before = self.pools.get().map(|p| p.keys());
         let records = self.registry.snapshot();
-        let scan = self
+        let mut scan = self
             .source
             .scan()
             .map_err(|e| ScanFailed(format!("{} scan failed: {e}", self.source.name())))?;
+        // The pool's buffers are the service's own fds: out of the scan,
+        // onto the pool's line. Any buffer pooled before or after the scan
+        // (one handed out meanwhile is in the registry by now).
+        let pool = self.pools.get().map(|p| {
+            let mut keys = pooled_before.unwrap_or_default();
+            keys.extend(p.keys());
+            strip_pool(&mut scan, &keys, std::process::id() as i32);
+            accounting::PoolFigures {
+                pid: std::process::id() as i32,
+                classes: p.status(),
+            }
+        });
+        // Owner names are taken here, not on the allocation path (the
+        // records read before the scan get them too; they are not re-read,
+        // since a record committed after the scan's list was read would
+        // look freed).
+        let mut records = records;
+        let mut names = std::collections::HashMap::new();
+        self.registry.fill_owner_names(|pid| {
+            let n = scan
+                .processes
+                .iter()
+                .find(|p| p.pid == pid)
+                .map(|p| p.comm.clone())
+                .or_else(|| {
+                    let n = crate::allocator::process_name(pid);
+                    (!n.is_empty()).then_some(n)
+                });
+            if let Some(n) = &n {
+                names.insert(pid, n.clone());
+            }
+            n
+        });
+        for r in records.iter_mut().filter(|r| r.owner_name.is_empty()) {
+            if let Some(n) = names.get(&r.owner_pid) {
+                r.owner_name = n.clone();
+            }
+        }
         let mut processes = scan.processes;
-        let acc = {
+        let mut acc = {
             let mut hwm = self.hwm.lock().unwrap_or_else(|e| e.into_inner());
             // Sources that list only referencing processes: keep a process
             // that dropped its buffers visible while it lives (its hwm).
@@ -134,6 +183,7 @@ impl Monitor {
                 Instant::now(),
             )
         };
+        acc.pool = pool;
         for (key, name) in &acc.renamed {
             self.registry.rename(*key, name);
         }
@@ -182,7 +232,9 @@ impl Monitor {
     pub fn reclaim(&self) -> Reclaimed {
         // Own fds first: one closed between the two reads was still held
         // when the list was read.
-        let own_in_flight = procfs::own_buffer_fds();
+        // The pool's buffers are the service's own fds too, but no reply.
+        let pooled = self.pools.get().map_or(0, |p| p.held().0);
+        let own_in_flight = procfs::own_buffer_fds().saturating_sub(pooled);
         Reclaimed {
             dropped: self.drop_freed(),
             own_in_flight,
@@ -258,6 +310,22 @@ impl Monitor {
                 Err(e) => log::error!("background scan failed: {e}"),
             }
         }
+    }
+}
+
+/// Takes the pool's buffers (`keys`) out of the service's own process
+/// (`me`) and out of the kernel's list: they are reported as the pool.
+fn strip_pool(scan: &mut crate::scan::Scan, keys: &BTreeSet<crate::scan::BufferKey>, me: i32) {
+    if keys.is_empty() {
+        return;
+    }
+    for p in scan.processes.iter_mut().filter(|p| p.pid == me) {
+        if let Ok(uses) = &mut p.result {
+            uses.retain(|u| !keys.contains(&u.key));
+        }
+    }
+    if let Some(live) = &mut scan.live {
+        live.retain(|b| !keys.contains(&b.key));
     }
 }
 

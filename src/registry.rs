@@ -96,6 +96,8 @@ pub struct Reservation<'a> {
     registry: &'a Registry,
     uid: u32,
     bytes: u64,
+    /// Buffers reserved (1, or a batch's count).
+    count: u64,
     /// Set once commit or cancel released it.
     released: bool,
 }
@@ -105,6 +107,7 @@ impl std::fmt::Debug for Reservation<'_> {
         f.debug_struct("Reservation")
             .field("uid", &self.uid)
             .field("bytes", &self.bytes)
+            .field("count", &self.count)
             .field("released", &self.released)
             .finish()
     }
@@ -164,18 +167,35 @@ impl Registry {
     /// Reserves `bytes` (one buffer) for `uid` if that stays within
     /// `limit`; otherwise returns the usage that made it fail.
     pub fn reserve(&self, uid: u32, bytes: u64, limit: Usage) -> Result<Reservation<'_>, Usage> {
+        self.reserve_many(uid, bytes, 1, limit)
+    }
+
+    /// Reserves `count` buffers of `bytes` each for `uid` at once (a
+    /// batch) if all of them stay within `limit`; otherwise reserves
+    /// nothing and returns the usage that made it fail.
+    pub fn reserve_many(
+        &self,
+        uid: u32,
+        bytes: u64,
+        count: u64,
+        limit: Usage,
+    ) -> Result<Reservation<'_>, Usage> {
+        let total = bytes.saturating_mul(count);
         let mut inner = self.lock();
         let used = usage_locked(&inner, uid);
-        if used.bytes.saturating_add(bytes) > limit.bytes || used.count + 1 > limit.count {
+        if used.bytes.saturating_add(total) > limit.bytes
+            || used.count.saturating_add(count) > limit.count
+        {
             return Err(used);
         }
         let p = inner.pending.entry(uid).or_default();
-        p.bytes += bytes;
-        p.count += 1;
+        p.bytes += total;
+        p.count += count;
         Ok(Reservation {
             registry: self,
             uid,
-            bytes,
+            bytes: total,
+            count,
             released: false,
         })
     }
@@ -188,19 +208,64 @@ impl Registry {
     }
 
     /// Turns a reservation into a live record (appended to the journal).
-    pub fn commit(&self, mut r: Reservation<'_>, record: BufferRecord) {
-        let line = self.journal.as_ref().map(|_| Journal::line_of(&record));
+    pub fn commit(&self, r: Reservation<'_>, record: BufferRecord) {
+        self.commit_many(r, vec![record]);
+    }
+
+    /// Turns a reservation into live records, all under one lock (a batch
+    /// appears in the registry whole or not at all).
+    pub fn commit_many(&self, mut r: Reservation<'_>, records: Vec<BufferRecord>) {
+        debug_assert_eq!(records.len() as u64, r.count);
+        let lines: Option<Vec<String>> = self
+            .journal
+            .as_ref()
+            .map(|_| records.iter().map(Journal::line_of).collect());
         {
             let mut inner = self.lock();
             release_locked(&mut inner, &r);
             r.released = true;
-            insert_locked(&mut inner, record);
+            for record in records {
+                insert_locked(&mut inner, record);
+            }
         }
         // After the insert: a compaction in between keeps the record from
         // its snapshot, and a replay drops the duplicate line.
-        if let (Some(j), Some(line)) = (&self.journal, line) {
-            if let Err(e) = j.append(&line) {
-                log::warn!("cannot append to {}: {e}", j.path().display());
+        if let (Some(j), Some(lines)) = (&self.journal, lines) {
+            for line in lines {
+                if let Err(e) = j.append(&line) {
+                    log::warn!("cannot append to {}: {e}", j.path().display());
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Fills in the owner names left empty at allocation (the allocation
+    /// path does not read `/proc/<pid>/comm`): `name_of(pid)` is asked once
+    /// per owner pid at report time. An owner already gone keeps "".
+    pub fn fill_owner_names(&self, mut name_of: impl FnMut(i32) -> Option<String>) {
+        let pids: std::collections::BTreeSet<i32> = {
+            let inner = self.lock();
+            inner
+                .buffers
+                .values()
+                .filter(|r| r.owner_name.is_empty())
+                .map(|r| r.owner_pid)
+                .collect()
+        };
+        if pids.is_empty() {
+            return;
+        }
+        let names: HashMap<i32, String> = pids
+            .into_iter()
+            .filter_map(|pid| name_of(pid).map(|n| (pid, n)))
+            .collect();
+        let mut inner = self.lock();
+        for r in inner.buffers.values_mut() {
+            if r.owner_name.is_empty() {
+                if let Some(n) = names.get(&r.owner_pid) {
+                    r.owner_name = n.clone();
+                }
             }
         }
     }
@@ -307,7 +372,7 @@ fn remove_locked(inner: &mut Inner, key: &BufferKey) {
 fn release_locked(inner: &mut Inner, r: &Reservation<'_>) {
     if let Some(p) = inner.pending.get_mut(&r.uid) {
         p.bytes = p.bytes.saturating_sub(r.bytes);
-        p.count = p.count.saturating_sub(1);
+        p.count = p.count.saturating_sub(r.count);
         if p.count == 0 {
             inner.pending.remove(&r.uid);
         }

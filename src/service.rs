@@ -13,8 +13,8 @@ use rsbinder::{BinderResult, Interface, ParcelFileDescriptor};
 use crate::aidl::vendor::dmabuf::{
     AllocationRequest::AllocationRequest, Buffer::Buffer, DumpChunk::DumpChunk, HeapInfo::HeapInfo,
     HeapKind::HeapKind as AidlHeapKind, IDmaBufAllocator::IDmaBufAllocator,
-    MemoryReport::MemoryReport, MemoryReportPage::MemoryReportPage, ProcessMemory::ProcessMemory,
-    ReportCursor::ReportCursor,
+    MemoryReport::MemoryReport, MemoryReportPage::MemoryReportPage, PoolClass::PoolClass,
+    ProcessMemory::ProcessMemory, ReportCursor::ReportCursor,
 };
 use crate::allocator::{Allocator, Caller, Request};
 use crate::error::{into_status, Error, Kind, Result};
@@ -74,18 +74,40 @@ impl DmaBufService {
     }
 
     fn heaps(&self) -> Result<Vec<HeapInfo>> {
+        let pools = self
+            .allocator
+            .pools()
+            .map(|p| p.status())
+            .unwrap_or_default();
         Ok(self
             .allocator
             .heaps()
             .into_iter()
-            .map(|h| HeapInfo {
-                name: h.name,
-                kind: aidl_kind(h.kind),
-                maxAllocationSize: clamp_i64(h.max_size),
-                allocatedBytes: clamp_i64(h.allocated_bytes),
-                bufferCount: h.buffer_count.min(i32::MAX as u64) as i32,
-                aliases: h.aliases,
-                ..Default::default()
+            .map(|h| {
+                let classes: Vec<PoolClass> = pools
+                    .iter()
+                    .filter(|c| c.heap == h.name)
+                    .map(|c| PoolClass {
+                        size: clamp_i64(c.size),
+                        targetCount: c.target.min(i32::MAX as usize) as i32,
+                        availableCount: c.available.min(i32::MAX as usize) as i32,
+                    })
+                    .collect();
+                let pooled: u64 = pools
+                    .iter()
+                    .filter(|c| c.heap == h.name)
+                    .map(|c| c.size * c.available as u64)
+                    .sum();
+                HeapInfo {
+                    name: h.name,
+                    kind: aidl_kind(h.kind),
+                    maxAllocationSize: clamp_i64(h.max_size),
+                    allocatedBytes: clamp_i64(h.allocated_bytes),
+                    bufferCount: h.buffer_count.min(i32::MAX as u64) as i32,
+                    aliases: h.aliases,
+                    pooledBytes: clamp_i64(pooled),
+                    poolClasses: classes,
+                }
             })
             .collect())
     }
@@ -93,15 +115,7 @@ impl DmaBufService {
     fn allocate(&self, caller: Caller, r: &AllocationRequest) -> Result<Buffer> {
         // The owner pid goes into the record and the reports.
         require_caller_pid(caller, "allocate")?;
-        let a = self.allocator.allocate(
-            caller,
-            &Request {
-                heap: &r.heapName,
-                size: r.size,
-                name: &r.name,
-                flags: r.flags,
-            },
-        )?;
+        let a = self.allocator.allocate(caller, &request_of(r))?;
         self.monitor.note_allocation();
         log::debug!(
             "allocated {} bytes from {} as {:?} (ino {}) for uid {} pid {}",
@@ -112,15 +126,7 @@ impl DmaBufService {
             caller.uid,
             caller.pid
         );
-        // The fd moves into the reply parcel, which closes it once sent:
-        // the service keeps no reference to the buffer.
-        Ok(Buffer {
-            fd: Some(ParcelFileDescriptor::new(a.fd)),
-            inode: a.inode as i64,
-            size: a.size as i64,
-            heapName: a.heap,
-            name: a.name,
-        })
+        Ok(buffer_of(a))
     }
 
     /// Root, system and the configured uids may see every process.
@@ -217,17 +223,19 @@ impl DmaBufService {
         )
     }
 
-    fn allocate_batch(
-        &self,
-        c: Caller,
-        _r: &AllocationRequest,
-        _count: i32,
-    ) -> Result<Vec<Buffer>> {
+    fn allocate_batch(&self, c: Caller, r: &AllocationRequest, count: i32) -> Result<Vec<Buffer>> {
         require_caller_pid(c, "allocateBatch")?;
-        Err(Error::new(
-            Kind::Unsupported,
-            "allocateBatch is not implemented yet; call allocate per buffer",
-        ))
+        let made = self.allocator.allocate_batch(c, &request_of(r), count)?;
+        self.monitor.note_allocation();
+        log::debug!(
+            "allocated {count} x {} bytes from {} as {:?} for uid {} pid {}",
+            r.size,
+            r.heapName,
+            r.name,
+            c.uid,
+            c.pid
+        );
+        Ok(made.into_iter().map(buffer_of).collect())
     }
 
     fn reset_hwm(&self, c: Caller, pid: i32) -> Result<()> {
@@ -409,6 +417,27 @@ fn boundary<T>(method: &str, f: impl FnOnce(Caller) -> Result<T>) -> BinderResul
         ));
     }
     f(c).map_err(|e| into_status(e, method, c.uid, c.pid))
+}
+
+fn request_of(r: &AllocationRequest) -> Request<'_> {
+    Request {
+        heap: &r.heapName,
+        size: r.size,
+        name: &r.name,
+        flags: r.flags,
+    }
+}
+
+/// The fd moves into the reply parcel, which closes it once sent: the
+/// service keeps no reference to the buffer.
+fn buffer_of(a: crate::allocator::Allocation) -> Buffer {
+    Buffer {
+        fd: Some(ParcelFileDescriptor::new(a.fd)),
+        inode: a.inode as i64,
+        size: a.size as i64,
+        heapName: a.heap,
+        name: a.name,
+    }
 }
 
 fn aidl_kind(k: HeapKind) -> AidlHeapKind {

@@ -12,8 +12,9 @@ use dmabufd::report::escape::escape;
 
 const USAGE: &str = "usage: dmabufctl [--rpc PATH] COMMAND
   heaps                                      list heaps, limits and usage
-  alloc HEAP SIZE [--name NAME] [--hold SECONDS]
-                                             allocate (SIZE: bytes or K/M/G); --hold keeps it alive
+  alloc HEAP SIZE [--name NAME] [--count N] [--hold SECONDS]
+                                             allocate (SIZE: bytes or K/M/G); --count N: N buffers in
+                                             one all-or-nothing batch; --hold keeps them alive
   dump [ARGS...]                             the service's dump (try `dump -h`)
   report [--pid N] [--json]                  per-process DMA-BUF memory
 
@@ -84,6 +85,18 @@ fn heaps(a: &Allocator) -> Result<(), String> {
             h.bufferCount,
             h.aliases.join(",")
         );
+        if !h.poolClasses.is_empty() {
+            let classes: Vec<String> = h
+                .poolClasses
+                .iter()
+                .map(|c| format!("{} x {}/{}", c.size, c.availableCount, c.targetCount))
+                .collect();
+            println!(
+                "  pool (held by dmabufd, no app's): {} bytes; {}",
+                h.pooledBytes,
+                classes.join(", ")
+            );
+        }
     }
     // Which scan source the service uses (the dump is privileged: others
     // see only the heaps).
@@ -106,10 +119,17 @@ fn alloc_cmd(a: &Allocator, args: &[String]) -> Result<(), String> {
     let mut pos = Vec::new();
     let mut name = String::new();
     let mut hold = None;
+    let mut count = None;
     let mut it = args.iter();
     while let Some(x) = it.next() {
         match x.as_str() {
             "--name" => name = it.next().ok_or("--name needs a value")?.clone(),
+            "--count" => {
+                let v = it.next().ok_or("--count needs a number")?;
+                count = Some(v.parse::<i32>().map_err(|_| {
+                    format!("--count {v:?}: expected a number of buffers (1 to 64)")
+                })?);
+            }
             "--hold" => {
                 let v = it.next().ok_or("--hold needs seconds")?;
                 hold = Some(
@@ -127,16 +147,24 @@ fn alloc_cmd(a: &Allocator, args: &[String]) -> Result<(), String> {
         "size {size:?}: expected bytes or a number with K, M or G"
     ))?;
     let bytes = i64::try_from(bytes).map_err(|_| format!("size {size:?} is too large"))?;
-    let b = a
-        .allocate_raw(heap, bytes, &name, 0)
-        .map_err(|e| e.to_string())?;
-    println!(
-        "allocated {} bytes from {} named {:?}: inode {}",
-        b.size(),
-        b.heap(),
-        b.name().unwrap_or_default(),
-        b.inode()
-    );
+    let bufs = match count {
+        // One batch, all or nothing.
+        Some(n) => a
+            .allocate_batch(heap, bytes as u64, &name, n)
+            .map_err(|e| e.to_string())?,
+        None => vec![a
+            .allocate_raw(heap, bytes, &name, 0)
+            .map_err(|e| e.to_string())?],
+    };
+    for b in &bufs {
+        println!(
+            "allocated {} bytes from {} named {:?}: inode {}",
+            b.size(),
+            b.heap(),
+            b.name().unwrap_or_default(),
+            b.inode()
+        );
+    }
     if let Some(s) = hold {
         let _ = std::io::stdout().flush();
         std::thread::sleep(Duration::from_secs_f64(s.max(0.0)));

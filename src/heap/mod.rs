@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 pub mod dma_heap;
 pub mod memfd;
@@ -35,6 +35,12 @@ pub trait Heap: Send + Sync {
     fn kind(&self) -> HeapKind;
     /// `size` is already page-aligned and > 0.
     fn allocate(&self, size: u64, name: &str) -> io::Result<OwnedFd>;
+    /// Names a buffer this heap made earlier (a pooled one, at hand-out):
+    /// `DMA_BUF_SET_NAME` on a dma-buf. A memfd's name is fixed at creation,
+    /// so the memfd heap keeps it (the registry has the requested name).
+    fn rename(&self, fd: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+        crate::sys::dma_buf_set_name(fd, name)
+    }
 }
 
 pub fn page_size() -> u64 {

@@ -173,6 +173,7 @@ pub fn render(a: &Accounting, view: View, csv: bool, pid: Option<i32>) -> String
     } else if a.buffers.is_empty() {
         let mut out = String::from(NOTHING_FOUND);
         out.push('\n');
+        pool_section(a, csv, &mut out);
         unreadable_section(a, csv, &mut out);
         return out;
     }
@@ -183,9 +184,64 @@ pub fn render(a: &Accounting, view: View, csv: bool, pid: Option<i32>) -> String
         View::PerBuffer => per_buffer(a, csv, &mut out),
     }
     if pid.is_none() {
+        pool_section(a, csv, &mut out);
         unreadable_section(a, csv, &mut out);
     }
     out
+}
+
+/// The service's reserve pools: buffers dmabufd itself holds, on a line of
+/// their own (never in a process's or owner's figures, nor the totals).
+fn pool_section(a: &Accounting, csv: bool, out: &mut String) {
+    let Some(pool) = &a.pool else { return };
+    let held = pool.held();
+    if csv {
+        out.push('\n');
+        let mut t = Table::new(
+            &[
+                ("Pool Heap", Align::Left),
+                ("Class(kB)", Align::Right),
+                ("Target", Align::Right),
+                ("Available", Align::Right),
+                ("Pooled(kB)", Align::Right),
+                ("Holder Pid", Align::Right),
+            ],
+            ",",
+        );
+        for c in &pool.classes {
+            t.row(vec![
+                c.heap.clone(),
+                kb(c.size).to_string(),
+                c.target.to_string(),
+                c.available.to_string(),
+                kb(c.size * c.available as u64).to_string(),
+                pool.pid.to_string(),
+            ]);
+        }
+        out.push_str(&t.csv());
+        return;
+    }
+    let classes: Vec<String> = pool
+        .classes
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} x {}/{}",
+                escape(&c.heap),
+                kb_text(c.size),
+                c.available,
+                c.target
+            )
+        })
+        .collect();
+    out.push_str(&format!(
+        "dmabufd pool (held by the service, pid {}, no app's; not in the totals above): {} \
+         buffers, {}: {}\n",
+        pool.pid,
+        held.count,
+        kb_text(held.bytes),
+        classes.join(", ")
+    ));
 }
 
 fn per_process(a: &Accounting, csv: bool, only: Option<i32>, out: &mut String) {
