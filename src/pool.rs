@@ -480,7 +480,7 @@ impl Pools {
         // Closing the fds frees the memory (nobody else holds them).
         drop(dropped);
         if n > 0 || first {
-            log::info!(
+            log::warn!(
                 "memory pressure ({why}): pools drained, {n} buffers / {bytes} bytes given back; \
                  refilling {} ms after pressure ends",
                 self.pressure_quiet.as_millis()
