@@ -11,7 +11,7 @@
 #   --stand-in                (harness bring-up) serve with vts's refusing stand-in, not dmabufd
 #
 # Environment: CARGO_TARGET_DIR (the cache lives in <target>/vm-cache),
-# DMABUFD_VM_TIMEOUT (seconds, default 900), DMABUFD_VM_MEM (MiB, default 1024).
+# DMABUFD_VM_TIMEOUT (seconds, default 900), DMABUFD_VM_MEM (MiB, default 1024; 3072 with --bench).
 set -euo pipefail
 
 mode=suite
@@ -46,6 +46,9 @@ case "$target_dir" in /*) ;; *) target_dir=$repo/$target_dir ;; esac
 cache=$target_dir/vm-cache
 timeout_secs=${DMABUFD_VM_TIMEOUT:-900}
 vm_mem=${DMABUFD_VM_MEM:-1024}
+# The benchmark's camera burst (30 x 12 MiB direct, then from a pool of 30)
+# and its pooled sizes need more than the suite's 1 GiB.
+[ "$mode" = bench ] && [ -z "${DMABUFD_VM_MEM:-}" ] && vm_mem=3072
 rsbinder_tools_version=0.12.0
 mkdir -p "$cache"
 
@@ -254,7 +257,9 @@ console=$work/console.log
 
 qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "$vm_mem" -smp 2 -no-reboot -nic none
     -kernel "$kernel_dir/vmlinuz" -initrd "$image")
-cmdline="console=ttyS0 quiet panic=-1 vm_mode=$mode vm_service=$service"
+# psi=1: Debian builds PSI in but off by default; the pools' drain case
+# needs its memory trigger.
+cmdline="console=ttyS0 quiet panic=-1 psi=1 vm_mode=$mode vm_service=$service"
 [ -n "$only" ] && cmdline="$cmdline vm_only=$only"
 
 if [ "$mode" = shell ]; then

@@ -2,6 +2,10 @@
 //! DMA_HEAP_IOCTL_ALLOC + DMA_BUF_SET_NAME_B path a libdmabufheap user
 //! takes, against the same allocation through dmabufd over kernel binder and
 //! over RPC binder, plus allocations per second with 8 concurrent apps.
+//! Then the pools and batches: the same sizes from a dmabufd whose pool
+//! has a class of each size (RPC binder), 16 x 4 KiB in one allocateBatch
+//! against 16 direct ioctls + names, a camera burst of 30 x 12 MiB direct
+//! against a pool of 30, and the pool's refill time while idle.
 //! Under TCG only ratios taken within one run mean anything.
 
 use std::io::{Read, Write};
@@ -106,8 +110,119 @@ fn run() -> Result<(), String> {
             );
         }
     }
+    pools(&heap)?;
     throughput()?;
     crate::scan_bench::run()
+}
+
+/// The bench's pooled dmabufd: a class for each single-allocation size
+/// (as many buffers as samples, so each sample is a pool hit) and the
+/// camera burst's 30 x 12 MiB. Refills wait 1 s of idle, out of the loops.
+const BENCH_POOLS: &str =
+    "[pools]\nmax_bytes = \"1G\"\nrefill_delay_ms = 1000\nlow_water_percent = 100\n\
+    [pools.system]\nclasses = [{ size = \"4K\", count = 120 }, { size = \"1M\", count = 60 }, \
+    { size = \"32M\", count = 10 }, { size = \"12M\", count = 30 }]";
+const POOLED_SAMPLES: [(u64, &str, usize); 3] = [
+    (4 * KIB, "4 KiB", 120),
+    (MIB, "1 MiB", 60),
+    (32 * MIB, "32 MiB", 10),
+];
+const BATCH: i32 = 16;
+const BATCH_ROUNDS: usize = 40;
+const BURST: usize = 30;
+
+fn direct_alloc(heap: &std::fs::File, size: u64) -> Result<std::os::fd::OwnedFd, std::io::Error> {
+    let fd = dmabufd::sys::dma_heap_alloc(std::os::fd::AsFd::as_fd(heap), size)?;
+    dmabufd::sys::dma_buf_set_name(std::os::fd::AsFd::as_fd(&fd), "bench")?;
+    Ok(fd)
+}
+
+fn pools(heap: &std::fs::File) -> Result<(), String> {
+    use crate::cases::pools::PoolService;
+    let svc = PoolService::start(BENCH_POOLS)?;
+    let pooled = svc.connect()?;
+    let kernel = Allocator::connect_kernel().map_err(|e| e.to_string())?;
+    let fill = PoolService::wait_full(&pooled, 600_000)?;
+    let (bytes, _) = PoolService::pooled(&pooled)?;
+    println!(
+        "pool start fill: {} MiB in {} buffers classes filled in {} ms while idle",
+        bytes >> 20,
+        120 + 60 + 10 + 30,
+        fill.as_millis()
+    );
+    println!("pooled single allocations (rpc binder, every sample a pool hit; direct interleaved)");
+    println!(
+        "{:<8} {:<14} {:>7} {:>10} {:>10} {:>11} {:>11}",
+        "size", "path", "samples", "p50", "p99", "p50/direct", "p99/direct"
+    );
+    for (size, label, n) in POOLED_SAMPLES {
+        let (mut direct, mut from_pool) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            direct.push(timed(|| direct_alloc(heap, size))?);
+            from_pool.push(timed(|| pooled.allocate("system", size, "bench"))?);
+        }
+        let (direct, from_pool) = (Samples(direct), Samples(from_pool));
+        let (d50, d99) = (direct.percentile(0.5), direct.percentile(0.99));
+        for (path, s) in [("direct ioctl", &direct), ("pooled", &from_pool)] {
+            let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
+            println!(
+                "{label:<8} {path:<14} {:>7} {p50:>10.1} {p99:>10.1} {:>11.2} {:>11.2}",
+                s.0.len(),
+                p50 / d50,
+                p99 / d99
+            );
+        }
+    }
+    // Batch: 16 x 4 KiB in one call (kernel binder, unpooled) against 16
+    // direct ioctls + names; per buffer.
+    let (mut direct, mut batch) = (Vec::new(), Vec::new());
+    for _ in 0..BATCH_ROUNDS {
+        direct.push(
+            timed(|| {
+                (0..BATCH)
+                    .map(|_| direct_alloc(heap, 4 * KIB))
+                    .collect::<Result<Vec<_>, _>>()
+            })? / f64::from(BATCH),
+        );
+        batch.push(
+            timed(|| kernel.allocate_batch("system", 4 * KIB, "bench", BATCH))? / f64::from(BATCH),
+        );
+    }
+    let (direct, batch) = (Samples(direct), Samples(batch));
+    println!(
+        "batch {BATCH} x 4 KiB, per buffer: direct p50 {:.1} us, allocateBatch (kernel binder) p50 {:.1} us = {:.2}x direct (p99 {:.1} / {:.1} = {:.2}x)",
+        direct.percentile(0.5),
+        batch.percentile(0.5),
+        batch.percentile(0.5) / direct.percentile(0.5),
+        direct.percentile(0.99),
+        batch.percentile(0.99),
+        batch.percentile(0.99) / direct.percentile(0.99)
+    );
+    // Camera burst: time to the last of 30 x 12 MiB.
+    PoolService::wait_full(&pooled, 600_000)?;
+    let burst_direct = timed(|| {
+        (0..BURST)
+            .map(|_| direct_alloc(heap, 12 * MIB))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let burst_pool = timed(|| {
+        (0..BURST)
+            .map(|_| pooled.allocate("system", 12 * MIB, "cam"))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    println!(
+        "camera burst {BURST} x 12 MiB, time to the last buffer: direct {:.1} ms, pool of {BURST} {:.1} ms = {:.3}x direct",
+        burst_direct / 1000.0,
+        burst_pool / 1000.0,
+        burst_pool / burst_direct
+    );
+    // Refill while idle: from the burst's end until the class is full.
+    let refill = PoolService::wait_full(&pooled, 600_000)?;
+    println!(
+        "pool refill while idle: {BURST} x 12 MiB back in {} ms after the burst (incl. the 1000 ms idle delay)",
+        refill.as_millis()
+    );
+    Ok(())
 }
 
 /// 8 app processes (uids 10001/10002), each allocating and freeing 4 KiB

@@ -10,6 +10,7 @@ mod errors;
 mod exact;
 mod isolation;
 pub mod lifecycle;
+pub mod pools;
 mod reports;
 mod stress;
 
@@ -25,6 +26,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
+    cases.extend(pools::cases());
     // Last: it kills and restarts the service.
     cases.extend(exact::restart_cases());
     cases
@@ -41,6 +43,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         stress::roles(),
         bpf::roles(),
         exact::roles(),
+        pools::roles(),
     ]
     .into_iter()
     .flatten()
