@@ -80,11 +80,18 @@ impl PoolService {
             child,
             socket: POOL_SOCKET,
         };
+        // Loading the BPF iterators alone takes seconds under TCG.
+        let start = Instant::now();
         ensure!(
-            eventually(20_000, || Path::new(POOL_SOCKET).exists()
+            eventually(180_000, || Path::new(POOL_SOCKET).exists()
                 && Allocator::connect_rpc(Path::new(POOL_SOCKET)).is_ok()),
-            "the pool dmabufd did not come up: {}",
+            "the pool dmabufd did not come up in 180 s: {}",
             svc.log()
+        );
+        println!(
+            "    pool dmabufd (pid {}) up in {} ms",
+            svc.pid(),
+            start.elapsed().as_millis()
         );
         Ok(svc)
     }
