@@ -8,6 +8,7 @@ mod alloc;
 mod bpf;
 mod errors;
 mod exact;
+mod fuzz;
 mod isolation;
 pub mod lifecycle;
 mod paging;
@@ -25,6 +26,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(reports::cases());
     cases.extend(paging::cases());
     cases.extend(errors::coverage_cases());
+    cases.extend(fuzz::cases());
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
