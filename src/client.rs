@@ -83,6 +83,8 @@ pub fn error_code_name(c: ErrorCode) -> String {
         ErrorCode::QUOTA_EXCEEDED => "QUOTA_EXCEEDED".into(),
         ErrorCode::NO_MEMORY => "NO_MEMORY".into(),
         ErrorCode::NO_SUCH_PROCESS => "NO_SUCH_PROCESS".into(),
+        ErrorCode::REPORT_TOO_LARGE => "REPORT_TOO_LARGE".into(),
+        ErrorCode::STALE_SNAPSHOT => "STALE_SNAPSHOT".into(),
         other => format!("error {}", other.0),
     }
 }

@@ -61,7 +61,8 @@ impl DmaBufService {
             Some(limit) if bytes > limit => Err(Error::new(
                 Kind::ReportTooLarge,
                 format!(
-                    "{method}: the reply is {bytes} bytes, more than one binder transaction                      carries here ({limit}); read it with {paged}"
+                    "{method}: the reply is {bytes} bytes, more than one binder transaction \
+                     carries here ({limit}); read it with {paged}"
                 ),
             )),
             _ => Ok(()),
