@@ -266,7 +266,9 @@ impl Allocator {
         let start = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(2);
         let mut looks = 0;
-        while attempt.is_err() {
+        // A request larger than the whole quota fits whatever is freed.
+        let hopeless = size.saturating_mul(count) > limit.bytes || count > limit.count;
+        while attempt.is_err() && !hopeless {
             let Some(found) = self.reclaim() else { break };
             looks += 1;
             attempt = self.registry.reserve_many(caller.uid, size, count, limit);
@@ -1212,10 +1214,12 @@ mod tests {
     }
 
     /// A memfd heap whose `fail_at`-th allocation (0-based, counted over
-    /// its life) fails with EIO.
+    /// its life) fails with EIO; it counts its calls and keeps the inodes
+    /// it made.
     struct FailingHeap {
         inner: MemfdHeap,
-        made: std::sync::atomic::AtomicUsize,
+        made: Arc<std::sync::Mutex<Vec<u64>>>,
+        calls: Arc<std::sync::atomic::AtomicUsize>,
         fail_at: usize,
     }
 
@@ -1227,16 +1231,50 @@ mod tests {
             self.inner.kind()
         }
         fn allocate(&self, size: u64, name: &str) -> std::io::Result<OwnedFd> {
-            let i = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let i = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if i == self.fail_at {
                 return Err(std::io::Error::from_raw_os_error(nix::libc::EIO));
             }
-            self.inner.allocate(size, name)
+            let fd = self.inner.allocate(size, name)?;
+            let ino = nix::sys::stat::fstat(fd.as_fd())?.st_ino;
+            self.made.lock().unwrap().push(ino);
+            Ok(fd)
         }
     }
 
-    fn open_fds() -> usize {
-        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    type Made = Arc<std::sync::Mutex<Vec<u64>>>;
+    type Calls = Arc<std::sync::atomic::AtomicUsize>;
+
+    fn failing_allocator(config: Config, fail_at: usize) -> (Allocator, Made, Calls) {
+        let made = Made::default();
+        let calls = Calls::default();
+        let heaps: Vec<Box<dyn Heap>> = vec![Box::new(FailingHeap {
+            inner: MemfdHeap::new("system"),
+            made: made.clone(),
+            calls: calls.clone(),
+            fail_at,
+        })];
+        (
+            Allocator::new(heaps, config, Arc::new(Registry::new())),
+            made,
+            calls,
+        )
+    }
+
+    /// Which of `inodes` this process still has an fd of.
+    fn still_open(inodes: &[u64]) -> Vec<u64> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .map(|l| l.to_string_lossy().starts_with("/memfd:"))
+                    .unwrap_or(false)
+            })
+            .filter_map(|e| std::fs::metadata(e.path()).ok())
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .filter(|i| inodes.contains(i))
+            .collect()
     }
 
     #[test]
@@ -1292,12 +1330,12 @@ mod tests {
 
     #[test]
     fn a_batch_crossing_the_quota_is_refused_whole_and_usage_is_unchanged() {
-        let a = alloc_with(
+        let (a, _, calls) = failing_allocator(
             Config::parse("[quota]\ndefault_buffers = 10\ndefault_bytes = \"1M\"").unwrap(),
+            usize::MAX,
         );
         let held = a.allocate(ME, &req("system", 4096, "", 0)).unwrap();
         let before = a.registry().usage_of(ME.uid);
-        let fds = open_fds();
         // 10 more would make 11 buffers.
         let e = a
             .allocate_batch(ME, &req("system", 4096, "b", 0), 10)
@@ -1308,6 +1346,19 @@ mod tests {
                 .contains("this batch needs 40960 more bytes in 10 buffers"),
             "{e}"
         );
+        // Larger than the whole quota: refused without looking for freed
+        // buffers (nothing freed could make it fit).
+        let looks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let l = looks.clone();
+        a.set_reclaim(Box::new(move || {
+            l.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Reclaimed::default()
+        }));
+        let e = a
+            .allocate_batch(ME, &req("system", 4096, "b", 0), 11)
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::QuotaExceeded, "{e}");
+        assert_eq!(looks.load(std::sync::atomic::Ordering::SeqCst), 0);
         // By bytes: 4 x 256 KiB over 1 MiB with the 4 KiB held.
         let e = a
             .allocate_batch(ME, &req("system", 256 << 10, "b", 0), 4)
@@ -1315,7 +1366,11 @@ mod tests {
         assert_eq!(e.kind, Kind::QuotaExceeded, "{e}");
         assert_eq!(a.registry().usage_of(ME.uid), before);
         assert_eq!(a.registry().len(), 1);
-        assert_eq!(open_fds(), fds, "nothing made, nothing left open");
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the heap was asked only for the first buffer"
+        );
         // What fits still goes through.
         assert_eq!(
             a.allocate_batch(ME, &req("system", 4096, "b", 0), 9)
@@ -1328,13 +1383,7 @@ mod tests {
 
     #[test]
     fn a_batch_failing_at_one_buffer_releases_every_buffer_already_made() {
-        let heaps: Vec<Box<dyn Heap>> = vec![Box::new(FailingHeap {
-            inner: MemfdHeap::new("system"),
-            made: Default::default(),
-            fail_at: 5,
-        })];
-        let a = Allocator::new(heaps, Config::default(), Arc::new(Registry::new()));
-        let fds = open_fds();
+        let (a, made, _) = failing_allocator(Config::default(), 5);
         let e = a
             .allocate_batch(ME, &req("system", 4096, "b", 0), 8)
             .unwrap_err();
@@ -1346,7 +1395,13 @@ mod tests {
         assert!(e.message.contains("heap \"system\""), "{e}");
         assert!(a.registry().is_empty());
         assert_eq!(a.registry().usage_of(ME.uid), Usage::default());
-        assert_eq!(open_fds(), fds, "the 5 made were closed");
+        let made: Vec<u64> = made.lock().unwrap().clone();
+        assert_eq!(made.len(), 5);
+        assert_eq!(
+            still_open(&made),
+            Vec::<u64>::new(),
+            "the 5 made were closed"
+        );
         // The heap works again: the next batch is whole.
         assert_eq!(
             a.allocate_batch(ME, &req("system", 4096, "b", 0), 8)
