@@ -216,7 +216,8 @@ impl Registry {
     /// appears in the registry whole or not at all).
     pub fn commit_many(&self, mut r: Reservation<'_>, records: Vec<BufferRecord>) {
         debug_assert_eq!(records.len() as u64, r.count);
-        let lines: Option<Vec<String>> = self
+        // One write for the whole batch.
+        let lines: Option<String> = self
             .journal
             .as_ref()
             .map(|_| records.iter().map(Journal::line_of).collect());
@@ -231,11 +232,8 @@ impl Registry {
         // After the insert: a compaction in between keeps the record from
         // its snapshot, and a replay drops the duplicate line.
         if let (Some(j), Some(lines)) = (&self.journal, lines) {
-            for line in lines {
-                if let Err(e) = j.append(&line) {
-                    log::warn!("cannot append to {}: {e}", j.path().display());
-                    break;
-                }
+            if let Err(e) = j.append(&lines) {
+                log::warn!("cannot append to {}: {e}", j.path().display());
             }
         }
     }
