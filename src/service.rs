@@ -26,11 +26,24 @@ use crate::report;
 pub struct DmaBufService {
     allocator: Arc<Allocator>,
     monitor: Arc<Monitor>,
+    /// The memtrack classes, told the heap or alias each buffer was asked for.
+    memtrack_classes: Option<Arc<crate::memtrack::Classes>>,
 }
 
 impl DmaBufService {
     pub fn new(allocator: Arc<Allocator>, monitor: Arc<Monitor>) -> DmaBufService {
-        DmaBufService { allocator, monitor }
+        DmaBufService {
+            allocator,
+            monitor,
+            memtrack_classes: None,
+        }
+    }
+
+    /// Tells `classes` under which name each buffer was allocated (the
+    /// memtrack HAL's CAMERA/MULTIMEDIA classes).
+    pub fn with_memtrack_classes(mut self, classes: Arc<crate::memtrack::Classes>) -> Self {
+        self.memtrack_classes = Some(classes);
+        self
     }
 
     fn heaps(&self) -> Result<Vec<HeapInfo>> {
@@ -62,6 +75,14 @@ impl DmaBufService {
             },
         )?;
         self.monitor.note_allocation();
+        if let Some(classes) = &self.memtrack_classes {
+            if a.kind != HeapKind::Memfd {
+                classes.note_allocation(crate::scan::BufferKey::dmabuf(a.inode), &r.heapName);
+            }
+        }
+        self.monitor
+            .tracer()
+            .allocated(&a.heap, a.size, a.inode, caller.uid, caller.pid);
         log::debug!(
             "allocated {} bytes from {} as {:?} (ino {}) for uid {} pid {}",
             a.size,
@@ -277,7 +298,7 @@ const OPENER_GONE: i32 = i32::MIN;
 /// has exited the pid names nobody, or a recycled process, and whoever
 /// still calls through the connection (a child that inherited it) is not
 /// it; the pid is then [`OPENER_GONE`], which no own-pid check accepts.
-fn caller() -> Caller {
+pub(crate) fn caller() -> Caller {
     let mut c = Caller {
         uid: rsbinder::get_calling_uid(),
         pid: rsbinder::get_calling_pid(),
