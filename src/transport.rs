@@ -186,6 +186,21 @@ pub fn add_kernel_service(name: &str, binder: SIBinder) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::other(format!("service manager refused {name}: {e}")))
 }
 
+/// Connects to the memtrack HAL over kernel binder, waiting up to `wait`.
+pub fn connect_memtrack_kernel(wait: Duration) -> rsbinder::Result<Strong<dyn IMemtrack>> {
+    let client = Client::open(Uri::kernel())?;
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(s) = client.try_get::<dyn IMemtrack>(crate::MEMTRACK_SERVICE_NAME)? {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            return Err(rsbinder::StatusCode::NameNotFound);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Connects to the memtrack HAL over RPC (the same socket as the allocator).
 pub fn connect_memtrack_rpc(path: &Path) -> rsbinder::Result<Strong<dyn IMemtrack>> {
     rpc_client(path)?.get::<dyn IMemtrack>(crate::MEMTRACK_SERVICE_NAME)

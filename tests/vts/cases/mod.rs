@@ -10,6 +10,7 @@ mod errors;
 mod exact;
 mod isolation;
 pub mod lifecycle;
+mod memtrack;
 mod reports;
 mod stress;
 
@@ -22,6 +23,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(errors::cases());
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
+    cases.extend(memtrack::cases());
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
@@ -38,6 +40,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         errors::roles(),
         lifecycle::roles(),
         reports::roles(),
+        memtrack::roles(),
         stress::roles(),
         bpf::roles(),
         exact::roles(),
