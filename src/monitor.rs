@@ -491,6 +491,42 @@ mod tests {
         assert_eq!(src.scans.load(Ordering::SeqCst), 2);
     }
 
+    /// memtrack's view: the latest scan while it is at most `max_age` old,
+    /// a fresh one after that or always with zero.
+    #[test]
+    fn recent_reuses_a_young_scan_and_rescans_an_old_one() {
+        let (src, _reg, m) = setup(Duration::ZERO);
+        m.recent(Duration::from_secs(60), None).unwrap();
+        m.recent(Duration::from_secs(60), None).unwrap();
+        m.recent(Duration::from_secs(60), Some(10001)).unwrap();
+        assert_eq!(src.scans.load(Ordering::SeqCst), 1);
+        m.recent(Duration::ZERO, None).unwrap();
+        assert_eq!(src.scans.load(Ordering::SeqCst), 2);
+        std::thread::sleep(Duration::from_millis(20));
+        m.recent(Duration::from_millis(10), None).unwrap();
+        assert_eq!(src.scans.load(Ordering::SeqCst), 3);
+    }
+
+    /// Freed records reach the listeners from scans and from quota reclaim.
+    #[test]
+    fn freed_records_reach_the_listeners() {
+        let (src, _reg, m) = setup(Duration::ZERO);
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let t = told.clone();
+        m.on_freed(Box::new(move |freed| {
+            t.lock().unwrap().extend(freed.iter().map(|r| r.inode))
+        }));
+        *src.live.lock().unwrap() = vec![listed(2), listed(3)];
+        m.refresh().unwrap();
+        assert_eq!(*told.lock().unwrap(), [1]);
+        *src.live.lock().unwrap() = vec![listed(3)];
+        assert_eq!(m.reclaim().dropped, 1);
+        assert_eq!(*told.lock().unwrap(), [1, 2]);
+        // Nothing freed: nobody is called.
+        m.refresh().unwrap();
+        assert_eq!(told.lock().unwrap().len(), 2);
+    }
+
     /// Sixteen callers at once cause one scan, never sixteen; each gets a
     /// view that started after it asked.
     #[test]
