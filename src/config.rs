@@ -120,7 +120,15 @@ pub struct ServiceConfig {
     /// (`None`: next to the RPC socket, or `/run/dmabufd/registry.journal`
     /// on kernel binder; an empty path turns it off).
     pub state_file: Option<PathBuf>,
+    /// Bytes per page of getMemoryReportPage / renderDumpChunk replies.
+    pub report_page_bytes: usize,
 }
+
+/// Page size of the paged report methods: well inside the ~1 MiB binder
+/// buffer a reply lands in, which other transactions share.
+pub const DEFAULT_REPORT_PAGE_BYTES: usize = 256 * 1024;
+/// The range service.report_page_bytes may take.
+pub const REPORT_PAGE_BYTES_RANGE: std::ops::RangeInclusive<usize> = 4096..=512 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeapsConfig {
@@ -155,6 +163,7 @@ impl Default for Config {
                 scan_interval_ms: 5000,
                 scan_source: crate::scan::SourceChoice::Auto,
                 state_file: None,
+                report_page_bytes: DEFAULT_REPORT_PAGE_BYTES,
             },
             heaps: HeapsConfig {
                 dma_heap_dir: PathBuf::from("/dev/dma_heap"),
@@ -271,6 +280,20 @@ impl Config {
                     })?;
             }
             c.service.state_file = s.state_file;
+            if let Some(b) = s.report_page_bytes {
+                let b = b.bytes("service.report_page_bytes")?;
+                let b = usize::try_from(b)
+                    .ok()
+                    .filter(|b| REPORT_PAGE_BYTES_RANGE.contains(b))
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "service.report_page_bytes = {b}; allowed: {} to {} bytes",
+                            REPORT_PAGE_BYTES_RANGE.start(),
+                            REPORT_PAGE_BYTES_RANGE.end()
+                        ))
+                    })?;
+                c.service.report_page_bytes = b;
+            }
         }
         if let Some(h) = raw.heaps {
             if let Some(d) = h.dma_heap_dir {
@@ -473,6 +496,7 @@ struct RawService {
     scan_interval_ms: Option<u64>,
     scan_source: Option<String>,
     state_file: Option<PathBuf>,
+    report_page_bytes: Option<Size>,
 }
 
 #[derive(Deserialize)]

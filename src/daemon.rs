@@ -101,7 +101,12 @@ pub fn start_with(
         .map_err(|e| format!("no runtime for the background scanner: {e}"))?;
     let period = std::time::Duration::from_millis(allocator.config().service.scan_interval_ms);
     runtime.spawn(monitor.clone().run(period));
-    let mut service = DmaBufService::new(allocator.clone(), monitor.clone());
+    // Kernel binder replies land in the caller's ~1 MiB binder buffer; RPC
+    // replies have no such bound.
+    let reply_limit =
+        matches!(transport, Transport::Kernel).then_some(crate::service::KERNEL_BINDER_REPLY_LIMIT);
+    let mut service =
+        DmaBufService::new(allocator.clone(), monitor.clone()).with_reply_limit(reply_limit);
     let memtrack = memtrack_binder(allocator.config(), &monitor);
     if let Some((classes, _)) = &memtrack {
         service = service.with_memtrack_classes(classes.clone());

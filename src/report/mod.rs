@@ -4,6 +4,7 @@
 
 pub mod dump_args;
 pub mod escape;
+pub mod paging;
 pub mod text;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -8,9 +8,11 @@ mod alloc;
 mod bpf;
 mod errors;
 mod exact;
+mod fuzz;
 mod isolation;
 pub mod lifecycle;
 mod memtrack;
+mod paging;
 mod reports;
 mod stress;
 
@@ -24,6 +26,9 @@ pub fn all() -> Vec<Case> {
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
     cases.extend(memtrack::cases());
+    cases.extend(paging::cases());
+    cases.extend(errors::coverage_cases());
+    cases.extend(fuzz::cases());
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
