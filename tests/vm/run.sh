@@ -7,11 +7,13 @@
 #   tests/vm/run.sh --bench   run the benchmark instead (vts --bench)
 #   tests/vm/run.sh --shell   interactive busybox shell with rsb_hub and dmabufd up
 #   --only=A,B                run only the cases whose names contain A or B
+#   --fuzz-count=N            transactions of the kernel binder fuzz case (default 10000;
+#                             the long form is --only=fuzz --fuzz-count=100000)
 #   --keep                    keep the initramfs tree, image and console log
 #   --stand-in                (harness bring-up) serve with vts's refusing stand-in, not dmabufd
 #
 # Environment: CARGO_TARGET_DIR (the cache lives in <target>/vm-cache),
-# DMABUFD_VM_TIMEOUT (seconds, default 900), DMABUFD_VM_MEM (MiB, default 1024),
+# DMABUFD_VM_TIMEOUT (seconds, default 2400), DMABUFD_VM_MEM (MiB, default 1024),
 # DMABUFD_VM_LOAD_CYCLES (the load case's cycles per app; default 60).
 set -euo pipefail
 
@@ -19,6 +21,7 @@ mode=suite
 keep=0
 service=dmabufd
 only=
+fuzz_count=
 for arg in "$@"; do
     case "$arg" in
         --shell) mode=shell ;;
@@ -27,6 +30,10 @@ for arg in "$@"; do
         --only=*)
             only=${arg#--only=}
             case "$only" in *[!A-Za-z0-9_,]*) echo "run.sh: --only takes case-name words and commas: $only" >&2; exit 2 ;; esac
+            ;;
+        --fuzz-count=*)
+            fuzz_count=${arg#--fuzz-count=}
+            case "$fuzz_count" in '' | *[!0-9]*) echo "run.sh: --fuzz-count takes a number: $fuzz_count" >&2; exit 2 ;; esac
             ;;
         # Harness bring-up: serve with the suite's minimal stand-in instead of dmabufd.
         --stand-in) service=stand-in ;;
@@ -45,7 +52,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 case "$target_dir" in /*) ;; *) target_dir=$repo/$target_dir ;; esac
 cache=$target_dir/vm-cache
-timeout_secs=${DMABUFD_VM_TIMEOUT:-900}
+timeout_secs=${DMABUFD_VM_TIMEOUT:-2400}
 vm_mem=${DMABUFD_VM_MEM:-1024}
 rsbinder_tools_version=0.12.0
 mkdir -p "$cache"
@@ -269,6 +276,7 @@ if [ -n "${DMABUFD_VM_LOAD_CYCLES:-}" ]; then
     case "$DMABUFD_VM_LOAD_CYCLES" in *[!0-9]*) die "DMABUFD_VM_LOAD_CYCLES takes a number" ;; esac
     cmdline="$cmdline vm_load_cycles=$DMABUFD_VM_LOAD_CYCLES"
 fi
+[ -n "$fuzz_count" ] && cmdline="$cmdline vm_fuzz_count=$fuzz_count"
 
 if [ "$mode" = shell ]; then
     log "booting to a shell; 'poweroff -f' (or Ctrl-A x) leaves"

@@ -8,9 +8,11 @@ mod alloc;
 mod bpf;
 mod errors;
 mod exact;
+mod fuzz;
 mod isolation;
 pub mod lifecycle;
 mod load;
+mod memtrack;
 mod paging;
 mod reports;
 mod stress;
@@ -24,8 +26,10 @@ pub fn all() -> Vec<Case> {
     cases.extend(errors::cases());
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
+    cases.extend(memtrack::cases());
     cases.extend(paging::cases());
     cases.extend(errors::coverage_cases());
+    cases.extend(fuzz::cases());
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
@@ -45,6 +49,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         errors::roles(),
         lifecycle::roles(),
         reports::roles(),
+        memtrack::roles(),
         stress::roles(),
         bpf::roles(),
         exact::roles(),
