@@ -47,6 +47,8 @@ pub struct Allocation {
     pub inode: u64,
     pub size: u64,
     pub heap: String,
+    /// The kind of heap that served it (a dma-buf, or a memfd).
+    pub kind: HeapKind,
     pub name: String,
 }
 
@@ -619,6 +621,7 @@ impl Allocator {
                 inode,
                 size,
                 heap: heap_name.clone(),
+                kind: heap.kind(),
                 name: name.to_string(),
             })
             .collect())

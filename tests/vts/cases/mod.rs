@@ -11,6 +11,8 @@ mod exact;
 mod fuzz;
 mod isolation;
 pub mod lifecycle;
+mod load;
+mod memtrack;
 mod paging;
 pub mod pools;
 mod reports;
@@ -25,6 +27,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(errors::cases());
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
+    cases.extend(memtrack::cases());
     cases.extend(paging::cases());
     cases.extend(errors::coverage_cases());
     cases.extend(fuzz::cases());
@@ -32,8 +35,11 @@ pub fn all() -> Vec<Case> {
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
     cases.extend(pools::cases());
+    cases.extend(load::cases());
     // Last: it kills and restarts the service.
     cases.extend(exact::restart_cases());
+    // Last too: it kills apps and the service mid-load and restarts it.
+    cases.extend(load::chaos_cases());
     cases
 }
 
@@ -45,10 +51,12 @@ pub fn app_role(name: &str) -> Option<Role> {
         errors::roles(),
         lifecycle::roles(),
         reports::roles(),
+        memtrack::roles(),
         stress::roles(),
         bpf::roles(),
         exact::roles(),
         pools::roles(),
+        load::roles(),
     ]
     .into_iter()
     .flatten()
