@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::accounting::{self, Accounting, HwmTracker};
 use crate::allocator::Reclaimed;
+use crate::metrics::Metrics;
 use crate::procfs::{self, ProcessScan};
 use crate::registry::Registry;
 use crate::scan::{BufferKind, ScanSource};
@@ -47,7 +48,15 @@ pub struct Monitor {
     compacted_at: Mutex<u64>,
     /// When each unprivileged uid last forced a fresh scan.
     asked_by: Mutex<std::collections::HashMap<u32, Instant>>,
+    /// The service's counters (scans here; allocations in the service).
+    metrics: Arc<Metrics>,
+    /// Called with each new accounting, under the scan lock (so in scan
+    /// order): the metrics textfile.
+    after_scan: std::sync::OnceLock<AfterScan>,
 }
+
+/// See [`Monitor::set_after_scan`].
+pub type AfterScan = Box<dyn Fn(&Accounting) + Send + Sync>;
 
 /// A scan that could not be made (nothing was changed).
 #[derive(Clone, Debug)]
@@ -74,6 +83,7 @@ impl Monitor {
         source: Box<dyn ScanSource>,
         source_reason: String,
     ) -> Monitor {
+        let metrics = Arc::new(Metrics::new(source.name()));
         Monitor {
             registry,
             source,
@@ -84,7 +94,25 @@ impl Monitor {
             last: Mutex::new(None),
             compacted_at: Mutex::new(0),
             asked_by: Mutex::new(std::collections::HashMap::new()),
+            metrics,
+            after_scan: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The service's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The scan source's name (`bpf`, `procfs`).
+    pub fn source_name(&self) -> &'static str {
+        self.source.name()
+    }
+
+    /// Runs `f` after every successful scan with its accounting (set once;
+    /// a second call is ignored and returns false).
+    pub fn set_after_scan(&self, f: AfterScan) -> bool {
+        self.after_scan.set(f).is_ok()
     }
 
     /// Which source and why, in one line.
@@ -104,11 +132,21 @@ impl Monitor {
             }
         }
         let started = Instant::now();
-        let acc = Arc::new(self.scan_now()?);
+        let acc = match self.scan_now() {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                self.metrics.scanned(None);
+                return Err(e);
+            }
+        };
+        self.metrics.scanned(Some(started.elapsed()));
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Shared {
             started,
             accounting: acc.clone(),
         });
+        if let Some(f) = self.after_scan.get() {
+            f(&acc);
+        }
         Ok(acc)
     }
 
