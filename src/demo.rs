@@ -138,8 +138,8 @@ fn demo_in(dir: &Path) -> Result<(), String> {
 
     println!("== the service's dump: who allocated (Owner) next to who holds (`dmabufctl dump`)");
     print_dump(&running, &[])?;
-    println!("== buffers by process (`dmabufctl dump -a`)");
-    print_dump(&running, &["-a"])?;
+    println!("== buffers by process (`dmabufctl dump -a --csv`, the table `dump -a` adds)");
+    print_dump(&running, &["-a", "--csv"])?;
     let cam = camera.child.id() as i32;
     println!(
         "== the camera's own figures (getProcessMemory({cam}), `dmabufctl report --pid {cam}`)"
