@@ -675,9 +675,16 @@ fn systemd_unit_has_the_hardening_the_service_allows() {
         "MemoryDenyWriteExecute=yes",
         "RestrictNamespaces=yes",
         "RestrictSUIDSGID=yes",
+        // Readiness and liveness: dmabufd speaks sd_notify (src/sd_notify.rs).
+        "Type=notify",
+        "NotifyAccess=main",
     ] {
         assert!(lines.contains(&want), "{SYSTEMD_UNIT} lacks {want}");
     }
+    assert!(
+        lines.iter().any(|l| l.starts_with("WatchdogSec=")),
+        "{SYSTEMD_UNIT}: no WatchdogSec= (dmabufd pings the watchdog)"
+    );
     // The syscall filter: the service set, plus bpf() for the BPF holder
     // tracking; nothing taken away that the job needs.
     let filter: Vec<&str> = lines
