@@ -470,6 +470,8 @@ fn compile_policy(name: &str, extra: &str) -> (bool, String) {
     ];
     m4_inputs.extend(TE_FILES.iter().map(|f| sepolicy.join(f)));
     m4_inputs.push(sepolicy.join("test/test_client.te"));
+    // The platform's own neverallows that bind a vendor HAL domain.
+    m4_inputs.push(sepolicy.join("test/platform_neverallows.te"));
     m4_inputs.push(extra_file);
     let expanded = Command::new("m4")
         .arg("-E")
@@ -540,6 +542,13 @@ fn sepolicy_neverallows_are_enforced() {
         "allow dmabuf_test_client hal_dmabuf_allocator_service:service_manager add;",
         // A domain that is not a HAL client looking it up.
         "allow untrusted_app hal_dmabuf_allocator_service:service_manager find;",
+        // The platform's rules for vendor domains (test/platform_neverallows.te):
+        // reading other uids' /proc/<pid>/fdinfo with CAP_SYS_PTRACE,
+        "allow hal_dmabuf_allocator_default self:capability sys_ptrace;",
+        // bypassing file modes,
+        "allow hal_dmabuf_allocator_default self:capability dac_override;",
+        // loading its own BPF iterators instead of reading bpfloader's pins.
+        "allow hal_dmabuf_allocator_default self:bpf { map_create prog_load };",
     ];
     for (i, rule) in violations.iter().enumerate() {
         let (ok, log) = compile_policy(&format!("violation{i}"), rule);
