@@ -12,7 +12,7 @@ use rsbinder::{ExceptionCode, Status, Strong};
 use crate::aidl::vendor::dmabuf::{
     AllocationRequest::AllocationRequest, ErrorCode::ErrorCode, HeapInfo::HeapInfo,
     HeapKind::HeapKind, IDmaBufAllocator::IDmaBufAllocator, MemoryReport::MemoryReport,
-    ProcessMemory::ProcessMemory,
+    ProcessMemory::ProcessMemory, ReportCursor::ReportCursor,
 };
 use crate::sys::{self, Mapping, SyncDirection};
 use crate::transport;
@@ -83,6 +83,8 @@ pub fn error_code_name(c: ErrorCode) -> String {
         ErrorCode::QUOTA_EXCEEDED => "QUOTA_EXCEEDED".into(),
         ErrorCode::NO_MEMORY => "NO_MEMORY".into(),
         ErrorCode::NO_SUCH_PROCESS => "NO_SUCH_PROCESS".into(),
+        ErrorCode::REPORT_TOO_LARGE => "REPORT_TOO_LARGE".into(),
+        ErrorCode::STALE_SNAPSHOT => "STALE_SNAPSHOT".into(),
         other => format!("error {}", other.0),
     }
 }
@@ -209,8 +211,56 @@ impl Allocator {
         Ok(self.service.getProcessMemory(pid)?)
     }
 
+    /// The whole report, read page by page from one snapshot
+    /// (getMemoryReportPage), so it works whatever its size: one
+    /// getMemoryReport reply must fit in a binder transaction.
     pub fn memory_report(&self) -> Result<MemoryReport> {
-        Ok(self.service.getMemoryReport()?)
+        let first = self.service.getMemoryReportPage(&ReportCursor::default())?;
+        let mut at = first.next;
+        let mut done = first.done;
+        let mut report = first.report;
+        while !done {
+            let page = self.service.getMemoryReportPage(&at)?;
+            let moved = (page.next.process, page.next.processBuffer, page.next.buffer)
+                != (at.process, at.processBuffer, at.buffer);
+            if !moved && !page.done {
+                return Err(Error::local(
+                    ExceptionCode::IllegalState,
+                    format!("getMemoryReportPage made no progress at {at:?}"),
+                ));
+            }
+            // A process continued from the previous page: append its buffers.
+            for p in page.report.processes {
+                match report.processes.last_mut() {
+                    Some(last) if last.pid == p.pid => last.buffers.extend(p.buffers),
+                    _ => report.processes.push(p),
+                }
+            }
+            report.buffers.extend(page.report.buffers);
+            (at, done) = (page.next, page.done);
+        }
+        Ok(report)
+    }
+
+    /// The bytes of `dump(fd, args)`, read chunk by chunk from one rendering
+    /// (renderDumpChunk), for transports whose dump cannot carry an fd.
+    pub fn render_dump(&self, args: &[String]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut id = 0;
+        loop {
+            let chunk = self.service.renderDumpChunk(args, id, out.len() as i64)?;
+            if chunk.data.is_empty() && !chunk.done {
+                return Err(Error::local(
+                    ExceptionCode::IllegalState,
+                    format!("renderDumpChunk made no progress at offset {}", out.len()),
+                ));
+            }
+            out.extend_from_slice(&chunk.data);
+            id = chunk.snapshotId;
+            if chunk.done {
+                return Ok(out);
+            }
+        }
     }
 
     pub fn reset_high_water_mark(&self, pid: i32) -> Result<()> {

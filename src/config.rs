@@ -98,7 +98,15 @@ pub struct ServiceConfig {
     /// the Prometheus metrics; the rest are summed in one series, so the
     /// number of series stays bounded however many processes hold buffers.
     pub metrics_max_processes: usize,
+    /// Bytes per page of getMemoryReportPage / renderDumpChunk replies.
+    pub report_page_bytes: usize,
 }
+
+/// Page size of the paged report methods: well inside the ~1 MiB binder
+/// buffer a reply lands in, which other transactions share.
+pub const DEFAULT_REPORT_PAGE_BYTES: usize = 256 * 1024;
+/// The range service.report_page_bytes may take.
+pub const REPORT_PAGE_BYTES_RANGE: std::ops::RangeInclusive<usize> = 4096..=512 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeapsConfig {
@@ -134,6 +142,7 @@ impl Default for Config {
                 scan_source: crate::scan::SourceChoice::Auto,
                 state_file: None,
                 metrics_max_processes: DEFAULT_METRICS_MAX_PROCESSES,
+                report_page_bytes: DEFAULT_REPORT_PAGE_BYTES,
             },
             heaps: HeapsConfig {
                 dma_heap_dir: PathBuf::from("/dev/dma_heap"),
@@ -257,6 +266,20 @@ impl Config {
                     )));
                 }
                 c.service.metrics_max_processes = n;
+            }
+            if let Some(b) = s.report_page_bytes {
+                let b = b.bytes("service.report_page_bytes")?;
+                let b = usize::try_from(b)
+                    .ok()
+                    .filter(|b| REPORT_PAGE_BYTES_RANGE.contains(b))
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "service.report_page_bytes = {b}; allowed: {} to {} bytes",
+                            REPORT_PAGE_BYTES_RANGE.start(),
+                            REPORT_PAGE_BYTES_RANGE.end()
+                        ))
+                    })?;
+                c.service.report_page_bytes = b;
             }
         }
         if let Some(h) = raw.heaps {
@@ -438,6 +461,7 @@ struct RawService {
     scan_source: Option<String>,
     state_file: Option<PathBuf>,
     metrics_max_processes: Option<usize>,
+    report_page_bytes: Option<Size>,
 }
 
 #[derive(Deserialize)]

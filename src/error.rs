@@ -19,6 +19,10 @@ pub enum Kind {
     QuotaExceeded,
     NoMemory,
     NoSuchProcess,
+    /// The reply would not fit in one binder transaction.
+    ReportTooLarge,
+    /// A paged call named a snapshot that expired or is not the caller's.
+    StaleSnapshot,
     /// EX_SECURITY: the caller may not do this.
     Permission,
     /// EX_ILLEGAL_ARGUMENT: malformed input with no domain code.
@@ -56,6 +60,8 @@ impl Error {
             Kind::QuotaExceeded => ErrorCode::QUOTA_EXCEEDED,
             Kind::NoMemory => ErrorCode::NO_MEMORY,
             Kind::NoSuchProcess => ErrorCode::NO_SUCH_PROCESS,
+            Kind::ReportTooLarge => ErrorCode::REPORT_TOO_LARGE,
+            Kind::StaleSnapshot => ErrorCode::STALE_SNAPSHOT,
             Kind::Permission | Kind::IllegalArgument | Kind::Unsupported | Kind::Internal => {
                 return None
             }

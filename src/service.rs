@@ -11,26 +11,67 @@ use std::time::Duration;
 use rsbinder::{BinderResult, Interface, ParcelFileDescriptor};
 
 use crate::aidl::vendor::dmabuf::{
-    AllocationRequest::AllocationRequest, Buffer::Buffer, HeapInfo::HeapInfo,
+    AllocationRequest::AllocationRequest, Buffer::Buffer, DumpChunk::DumpChunk, HeapInfo::HeapInfo,
     HeapKind::HeapKind as AidlHeapKind, IDmaBufAllocator::IDmaBufAllocator,
-    MemoryReport::MemoryReport, ProcessMemory::ProcessMemory,
+    MemoryReport::MemoryReport, MemoryReportPage::MemoryReportPage, ProcessMemory::ProcessMemory,
+    ReportCursor::ReportCursor,
 };
 use crate::allocator::{Allocator, Caller, Request};
 use crate::error::{into_status, Error, Kind, Result};
 use crate::heap::HeapKind;
 use crate::monitor::Monitor;
 use crate::report;
+use crate::report::paging::{parcel_size, Snapshots};
+
+/// The largest reply a whole-report method sends over kernel binder: the
+/// caller's binder buffer (~1 MiB, shared by its transactions in flight)
+/// must hold it. Larger reports are refused with REPORT_TOO_LARGE, which
+/// names the paged method.
+pub const KERNEL_BINDER_REPLY_LIMIT: usize = 512 * 1024;
 
 /// Cheap to clone: clones share the same allocator and accounting.
 #[derive(Clone)]
 pub struct DmaBufService {
     allocator: Arc<Allocator>,
     monitor: Arc<Monitor>,
+    snapshots: Arc<Snapshots>,
+    /// Set on kernel binder ([`KERNEL_BINDER_REPLY_LIMIT`]); RPC replies
+    /// have no such buffer.
+    reply_limit: Option<usize>,
 }
 
 impl DmaBufService {
     pub fn new(allocator: Arc<Allocator>, monitor: Arc<Monitor>) -> DmaBufService {
-        DmaBufService { allocator, monitor }
+        DmaBufService {
+            allocator,
+            monitor,
+            snapshots: Arc::new(Snapshots::new()),
+            reply_limit: None,
+        }
+    }
+
+    /// Refuse whole-report replies larger than `limit` bytes.
+    pub fn with_reply_limit(mut self, limit: Option<usize>) -> DmaBufService {
+        self.reply_limit = limit;
+        self
+    }
+
+    fn check_reply_size(&self, method: &str, bytes: usize, paged: &str) -> Result<()> {
+        match self.reply_limit {
+            Some(limit) if bytes > limit => Err(Error::new(
+                Kind::ReportTooLarge,
+                format!(
+                    "{method}: the reply is {bytes} bytes, more than one binder transaction \
+                     carries here ({limit}); read it with {paged}"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes per page of the paged methods (config service.report_page_bytes).
+    fn page_budget(&self) -> usize {
+        self.allocator.config().service.report_page_bytes
     }
 
     fn heaps(&self) -> Result<Vec<HeapInfo>> {
@@ -45,6 +86,7 @@ impl DmaBufService {
                 allocatedBytes: clamp_i64(h.allocated_bytes),
                 bufferCount: h.buffer_count.min(i32::MAX as u64) as i32,
                 aliases: h.aliases,
+                ..Default::default()
             })
             .collect())
     }
@@ -130,7 +172,63 @@ impl DmaBufService {
     fn memory_report(&self, c: Caller) -> Result<MemoryReport> {
         self.require_privileged(c, "getMemoryReport")?;
         let acc = self.monitor.refresh().map_err(scan_failed)?;
-        Ok(report::aidl_report(&acc))
+        let r = report::aidl_report(&acc);
+        if self.reply_limit.is_some() {
+            self.check_reply_size("getMemoryReport", parcel_size(&r), "getMemoryReportPage")?;
+        }
+        Ok(r)
+    }
+
+    fn memory_report_page(&self, c: Caller, from: &ReportCursor) -> Result<MemoryReportPage> {
+        self.require_privileged(c, "getMemoryReportPage")?;
+        self.snapshots.report_page(
+            c.uid,
+            from,
+            self.page_budget(),
+            std::time::Instant::now(),
+            || {
+                let acc = self.monitor.refresh().map_err(scan_failed)?;
+                Ok(report::aidl_report(&acc))
+            },
+        )
+    }
+
+    fn dump_bytes(&self, args: &[String]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.render_dump(&mut out, args)
+            .map_err(|e| Error::new(Kind::Internal, format!("dump: {e}")))?;
+        Ok(out)
+    }
+
+    fn dump_chunk(
+        &self,
+        c: Caller,
+        args: &[String],
+        snapshot_id: i64,
+        offset: i64,
+    ) -> Result<DumpChunk> {
+        self.require_privileged(c, "renderDumpChunk")?;
+        self.snapshots.dump_chunk(
+            c.uid,
+            args,
+            (snapshot_id, offset),
+            self.page_budget(),
+            std::time::Instant::now(),
+            || self.dump_bytes(args),
+        )
+    }
+
+    fn allocate_batch(
+        &self,
+        c: Caller,
+        _r: &AllocationRequest,
+        _count: i32,
+    ) -> Result<Vec<Buffer>> {
+        require_caller_pid(c, "allocateBatch")?;
+        Err(Error::new(
+            Kind::Unsupported,
+            "allocateBatch is not implemented yet; call allocate per buffer",
+        ))
     }
 
     fn reset_hwm(&self, c: Caller, pid: i32) -> Result<()> {
@@ -431,12 +529,43 @@ impl IDmaBufAllocator for DmaBufService {
         boundary("resetHighWaterMark", |c| self.reset_hwm(c, pid))
     }
 
+    fn allocateBatch(&self, request: &AllocationRequest, count: i32) -> BinderResult<Vec<Buffer>> {
+        boundary("allocateBatch", |c| {
+            let r = self.allocate_batch(c, request, count);
+            let metrics = self.monitor.metrics();
+            match &r {
+                Ok(bufs) => {
+                    for b in bufs {
+                        metrics.allocated(&b.heapName, b.size as u64);
+                    }
+                }
+                Err(e) => metrics.refused(e.kind),
+            }
+            r
+        })
+    }
+
+    fn getMemoryReportPage(&self, from: &ReportCursor) -> BinderResult<MemoryReportPage> {
+        boundary("getMemoryReportPage", |c| self.memory_report_page(c, from))
+    }
+
+    fn renderDumpChunk(
+        &self,
+        args: &[String],
+        snapshot_id: i64,
+        offset: i64,
+    ) -> BinderResult<DumpChunk> {
+        boundary("renderDumpChunk", |c| {
+            self.dump_chunk(c, args, snapshot_id, offset)
+        })
+    }
+
     fn renderDump(&self, args: &[String]) -> BinderResult<Vec<u8>> {
         boundary("renderDump", |c| {
             self.require_privileged(c, "renderDump")?;
-            let mut out = Vec::new();
-            self.render_dump(&mut out, args)
-                .map_err(|e| Error::new(Kind::Internal, format!("dump: {e}")))?;
+            let out = self.dump_bytes(args)?;
+            // A byte[] parcels as its length plus the bytes, padded.
+            self.check_reply_size("renderDump", out.len() + 8, "renderDumpChunk")?;
             Ok(out)
         })
     }

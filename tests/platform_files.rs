@@ -22,6 +22,8 @@ const VINTF_FILE: &str = "etc/vintf/vendor.dmabuf-service.xml";
 const HUB_POLICY: &str = "etc/rsb_hub/dmabufd.toml";
 const API_DIR: &str = "aidl_api/vendor.dmabuf";
 const AIDL_DIR: &str = "aidl/vendor/dmabuf";
+/// The version the service implements: aidl/ == aidl_api/.../<this> == current.
+const LATEST_FROZEN: &str = "2";
 /// The project's policy, in the order a device build would concatenate it.
 const TE_FILES: &[&str] = &[
     "attributes",
@@ -121,7 +123,11 @@ fn context_type(context: &str) -> String {
 fn instance_name_is_the_same_everywhere() {
     let xml = read(VINTF_FILE);
     assert_eq!(xml_tag(&xml, "name"), "vendor.dmabuf");
-    assert_eq!(xml_tag(&xml, "version"), "1");
+    assert_eq!(
+        xml_tag(&xml, "version"),
+        LATEST_FROZEN,
+        "the manifest names the latest frozen version"
+    );
     let vintf_instance = format!("{}.{}", xml_tag(&xml, "name"), xml_tag(&xml, "fqname"));
     assert_eq!(vintf_instance, SERVICE_NAME, "{VINTF_FILE}");
 
@@ -258,7 +264,10 @@ fn kept_capabilities_are_the_same_everywhere() {
     let te_caps: Vec<&str> = content_lines(&te)
         .filter(|l| l.contains(":capability") || l.contains("capability_class_set"))
         .collect();
-    assert!(te_caps.is_empty(), "sepolicy grants capabilities: {te_caps:?}");
+    assert!(
+        te_caps.is_empty(),
+        "sepolicy grants capabilities: {te_caps:?}"
+    );
     assert!(
         content_lines(&te).any(|l| l.contains("fs_bpf_vendor:file")),
         "sepolicy: no read access to the pinned iterators"
@@ -325,30 +334,32 @@ fn aosp_api_hash(files: &BTreeMap<String, Vec<u8>>, previous: &str) -> String {
 fn frozen_api_matches_the_sources() {
     let bp = read("Android.bp");
     let iface = bp_module(&bp, "aidl_interface", "vendor.dmabuf");
-    assert!(
-        iface.contains("version: \"1\""),
-        "versions_with_info lists 1"
-    );
+    for v in ["1", LATEST_FROZEN] {
+        assert!(
+            iface.contains(&format!("version: \"{v}\"")),
+            "versions_with_info lists {v}"
+        );
+    }
     assert!(iface.contains("frozen: true"));
     assert!(iface.contains("stability: \"vintf\""));
-    let versions: Vec<String> = fs::read_dir(root().join(API_DIR))
+    let mut versions: Vec<String> = fs::read_dir(root().join(API_DIR))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    let mut versions_sorted = versions.clone();
-    versions_sorted.sort();
+    versions.sort();
     assert_eq!(
-        versions_sorted,
-        ["1", "current"],
-        "a version 2 needs this test updated"
+        versions,
+        ["1", LATEST_FROZEN, "current"],
+        "a new version needs this test updated"
     );
 
+    // The latest frozen version and `current` are aidl/ plus the header.
     let sources = aidl_files(&root().join("aidl"));
     assert_eq!(
         sources.len(),
         fs::read_dir(root().join(AIDL_DIR)).unwrap().count()
     );
-    for version in ["1", "current"] {
+    for version in [LATEST_FROZEN, "current"] {
         let dump = aidl_files(&root().join(API_DIR).join(version));
         assert_eq!(
             dump.keys().collect::<Vec<_>>(),
@@ -376,16 +387,33 @@ fn frozen_api_matches_the_sources() {
         }
     }
 
-    // Version 1 carries the hash Soong verifies; `current` has none.
-    let dump = aidl_files(&root().join(API_DIR).join("1"));
+    // Each frozen version carries the hash Soong verifies, computed over its
+    // own files and the version before it: a byte changed in version 1 after
+    // it was frozen breaks its hash. `current` has none.
+    for (version, previous) in [("1", "latest-version"), (LATEST_FROZEN, "1")] {
+        let dump = aidl_files(&root().join(API_DIR).join(version));
+        let stored = read(&format!("{API_DIR}/{version}/.hash"));
+        let stored = stored.split_whitespace().next().expect("empty .hash");
+        assert_eq!(
+            aosp_api_hash(&dump, previous),
+            stored,
+            "{API_DIR}/{version}/.hash"
+        );
+    }
+    assert!(!root().join(API_DIR).join("current/.hash").exists());
+}
+
+/// The hash of version 1 as frozen in the first release: version 1 stays
+/// byte-for-byte what shipped.
+#[test]
+fn version_1_is_unchanged_since_it_was_frozen() {
     let stored = read(&format!("{API_DIR}/1/.hash"));
-    let stored = stored.split_whitespace().next().expect("empty .hash");
+    assert_eq!(stored.trim(), "2658585c6846cab120eea926b211e6f2fc8ca8a6");
+    let dump = aidl_files(&root().join(API_DIR).join("1"));
     assert_eq!(
         aosp_api_hash(&dump, "latest-version"),
-        stored,
-        "{API_DIR}/1/.hash"
+        "2658585c6846cab120eea926b211e6f2fc8ca8a6"
     );
-    assert!(!root().join(API_DIR).join("current/.hash").exists());
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod dump_args;
 pub mod escape;
+pub mod paging;
 pub mod prometheus;
 pub mod text;
 

@@ -8,10 +8,13 @@ use std::process::ExitCode;
 use dmabufd::aidl::vendor::dmabuf::{
     AllocationRequest::AllocationRequest,
     Buffer::Buffer,
+    DumpChunk::DumpChunk,
     HeapInfo::HeapInfo,
     IDmaBufAllocator::{BnDmaBufAllocator, IDmaBufAllocator},
     MemoryReport::MemoryReport,
+    MemoryReportPage::MemoryReportPage,
     ProcessMemory::ProcessMemory,
+    ReportCursor::ReportCursor,
 };
 use rsbinder::{ExceptionCode, SIBinder, Status};
 
@@ -48,6 +51,27 @@ impl IDmaBufAllocator for Refuser {
         refused()
     }
     fn r#renderDump(&self, _args: &[String]) -> rsbinder::BinderResult<Vec<u8>> {
+        refused()
+    }
+    fn r#allocateBatch(
+        &self,
+        _request: &AllocationRequest,
+        _count: i32,
+    ) -> rsbinder::BinderResult<Vec<Buffer>> {
+        refused()
+    }
+    fn r#getMemoryReportPage(
+        &self,
+        _from: &ReportCursor,
+    ) -> rsbinder::BinderResult<MemoryReportPage> {
+        refused()
+    }
+    fn r#renderDumpChunk(
+        &self,
+        _args: &[String],
+        _snapshot_id: i64,
+        _offset: i64,
+    ) -> rsbinder::BinderResult<DumpChunk> {
         refused()
     }
 }

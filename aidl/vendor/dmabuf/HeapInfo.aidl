@@ -4,6 +4,7 @@
 package vendor.dmabuf;
 
 import vendor.dmabuf.HeapKind;
+import vendor.dmabuf.PoolClass;
 
 @VintfStability
 parcelable HeapInfo {
@@ -15,4 +16,12 @@ parcelable HeapInfo {
     int bufferCount;
     /** Aliases that resolve to this heap. */
     @utf8InCpp String[] aliases;
+    /**
+     * Bytes the service holds in this heap's reserve pool (buffers no app
+     * owns yet); not part of allocatedBytes.
+     * @since 2
+     */
+    long pooledBytes;
+    /** The pool's size classes (empty: no pool). @since 2 */
+    PoolClass[] poolClasses;
 }

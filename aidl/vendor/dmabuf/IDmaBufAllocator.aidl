@@ -5,9 +5,12 @@ package vendor.dmabuf;
 
 import vendor.dmabuf.AllocationRequest;
 import vendor.dmabuf.Buffer;
+import vendor.dmabuf.DumpChunk;
 import vendor.dmabuf.HeapInfo;
 import vendor.dmabuf.MemoryReport;
+import vendor.dmabuf.MemoryReportPage;
 import vendor.dmabuf.ProcessMemory;
+import vendor.dmabuf.ReportCursor;
 
 /**
  * The allocator service. It alone opens the DMA-BUF heap devices; apps get
@@ -19,6 +22,9 @@ import vendor.dmabuf.ProcessMemory;
 interface IDmaBufAllocator {
     /** Prefer "<heap>-uncached" where such a heap exists (no CPU access wanted). */
     const int FLAG_NO_CPU_ACCESS = 1;
+
+    /** The most buffers one allocateBatch call makes. */
+    const int MAX_BATCH_COUNT = 64;
 
     /** The heaps this service serves, with their limits and current usage. */
     HeapInfo[] getHeaps();
@@ -44,4 +50,32 @@ interface IDmaBufAllocator {
      * (RPC binder). Privileged, like dump.
      */
     byte[] renderDump(in @utf8InCpp String[] args);
+
+    /**
+     * Allocates count buffers (1..MAX_BATCH_COUNT) of one request, all or
+     * nothing: quota for the whole batch is reserved up front, and if any
+     * buffer cannot be made, every buffer already made is released and the
+     * error names the failing index and why. Every buffer carries the
+     * request's name and is recorded and owned like one from allocate().
+     * @since 2
+     */
+    Buffer[] allocateBatch(in AllocationRequest request, int count);
+
+    /**
+     * One page of the memory report, for systems whose whole report does not
+     * fit in one binder transaction. A zero cursor takes a new snapshot; pass
+     * each page's next cursor to read the rest of the same snapshot.
+     * Snapshots expire (ErrorCode.STALE_SNAPSHOT). Privileged.
+     * @since 2
+     */
+    MemoryReportPage getMemoryReportPage(in ReportCursor from);
+
+    /**
+     * A chunk of the bytes renderDump(args) would return, for dumps larger
+     * than one binder transaction. snapshotId 0 renders a new snapshot;
+     * pass the returned snapshotId and offset + data.length to continue.
+     * Privileged.
+     * @since 2
+     */
+    DumpChunk renderDumpChunk(in @utf8InCpp String[] args, long snapshotId, long offset);
 }

@@ -10,6 +10,7 @@ mod errors;
 mod exact;
 mod isolation;
 pub mod lifecycle;
+mod paging;
 mod reports;
 mod stress;
 
@@ -22,6 +23,8 @@ pub fn all() -> Vec<Case> {
     cases.extend(errors::cases());
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
+    cases.extend(paging::cases());
+    cases.extend(errors::coverage_cases());
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
