@@ -6,6 +6,7 @@ use crate::harness::Case;
 
 mod alloc;
 mod bpf;
+mod bugreport;
 mod errors;
 mod exact;
 mod isolation;
@@ -24,6 +25,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
     cases.extend(paging::cases());
+    cases.extend(bugreport::cases());
     cases.extend(errors::coverage_cases());
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
@@ -38,6 +40,7 @@ pub fn app_role(name: &str) -> Option<Role> {
     [
         isolation::roles(),
         alloc::roles(),
+        bugreport::roles(),
         errors::roles(),
         lifecycle::roles(),
         reports::roles(),
