@@ -9,6 +9,7 @@ mod bpf;
 mod bugreport;
 mod errors;
 mod exact;
+mod fuzz;
 mod isolation;
 pub mod lifecycle;
 mod paging;
@@ -27,6 +28,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(paging::cases());
     cases.extend(bugreport::cases());
     cases.extend(errors::coverage_cases());
+    cases.extend(fuzz::cases());
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
