@@ -7,6 +7,12 @@ pub mod aidl {
     rsbinder::include_aidl!("vendor_dmabuf");
 }
 
+pub mod memtrack_aidl {
+    //! Stubs generated from aidl/android/hardware/memtrack (IMemtrack v1).
+    #![allow(clippy::all, non_snake_case, non_camel_case_types, unused)]
+    rsbinder::include_aidl!("android_hardware_memtrack");
+}
+
 pub mod proto {
     //! Protobuf types of the `dump --proto` report (proto/dmabuf_report.proto).
     #![allow(clippy::all)]
@@ -15,6 +21,9 @@ pub mod proto {
 
 /// The instance name registered with the service manager (and the RPC name).
 pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
+
+/// The memtrack HAL instance the service also serves (when enabled).
+pub const MEMTRACK_SERVICE_NAME: &str = "android.hardware.memtrack.IMemtrack/default";
 
 pub mod accounting;
 pub mod allocator;
@@ -26,6 +35,8 @@ pub mod error;
 pub mod heap;
 pub mod journal;
 pub mod logging;
+pub mod memtrack;
+pub mod memtrack_service;
 pub mod metrics;
 pub mod monitor;
 pub mod privileges;
@@ -37,4 +48,5 @@ pub mod scan;
 pub mod sd_notify;
 pub mod service;
 pub mod sys;
+pub mod trace;
 pub mod transport;

@@ -13,7 +13,7 @@
 #   --stand-in                (harness bring-up) serve with vts's refusing stand-in, not dmabufd
 #
 # Environment: CARGO_TARGET_DIR (the cache lives in <target>/vm-cache),
-# DMABUFD_VM_TIMEOUT (seconds, default 900), DMABUFD_VM_MEM (MiB, default 1024).
+# DMABUFD_VM_TIMEOUT (seconds, default 2400), DMABUFD_VM_MEM (MiB, default 1024).
 set -euo pipefail
 
 mode=suite
@@ -51,7 +51,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 case "$target_dir" in /*) ;; *) target_dir=$repo/$target_dir ;; esac
 cache=$target_dir/vm-cache
-timeout_secs=${DMABUFD_VM_TIMEOUT:-900}
+timeout_secs=${DMABUFD_VM_TIMEOUT:-2400}
 vm_mem=${DMABUFD_VM_MEM:-1024}
 rsbinder_tools_version=0.12.0
 mkdir -p "$cache"
