@@ -279,10 +279,21 @@ fn metrics_parse_as_prometheus_text_and_match_the_service_figures() {
         .collect();
     assert_eq!(beside, vec!["dmabufd.prom".to_string()]);
 
-    // Freed: the gauges drop, the counters stay.
+    // Freed: the gauges drop (once a scan has seen the buffers gone), the
+    // counters stay.
     drop((b1, b2));
-    let s = Samples::of(&parse(&metrics(&svc)).unwrap());
-    assert_eq!(s.value("dmabufd_heap_allocated_bytes", &system), 0.0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let s = loop {
+        let s = Samples::of(&parse(&metrics(&svc)).unwrap());
+        if s.value("dmabufd_heap_allocated_bytes", &system) == 0.0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heap bytes never dropped to 0 after the buffers were freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(s.value("dmabufd_allocations_total", &system), 2.0);
     assert_eq!(s.get("dmabufd_process_rss_bytes", &mine), None);
 }
