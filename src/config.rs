@@ -32,6 +32,10 @@ pub const DEFAULT_RPC_MAX_PER_UID: usize = 32;
 pub const DEFAULT_RPC_RESERVED: usize = 16;
 /// Default time an RPC connection may stay silent before it is closed.
 pub const DEFAULT_RPC_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default number of processes with their own Prometheus series.
+pub const DEFAULT_METRICS_MAX_PROCESSES: usize = 20;
+/// The most `service.metrics_max_processes` may be.
+pub const MAX_METRICS_PROCESSES: usize = 1000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -122,6 +126,10 @@ pub struct ServiceConfig {
     /// (`None`: next to the RPC socket, or `/run/dmabufd/registry.journal`
     /// on kernel binder; an empty path turns it off).
     pub state_file: Option<PathBuf>,
+    /// How many processes (the largest by rss) get their own series in
+    /// the Prometheus metrics; the rest are summed in one series, so the
+    /// number of series stays bounded however many processes hold buffers.
+    pub metrics_max_processes: usize,
     /// Bytes per page of getMemoryReportPage / renderDumpChunk replies.
     pub report_page_bytes: usize,
 }
@@ -165,6 +173,7 @@ impl Default for Config {
                 scan_interval_ms: 5000,
                 scan_source: crate::scan::SourceChoice::Auto,
                 state_file: None,
+                metrics_max_processes: DEFAULT_METRICS_MAX_PROCESSES,
                 report_page_bytes: DEFAULT_REPORT_PAGE_BYTES,
             },
             heaps: HeapsConfig {
@@ -283,6 +292,15 @@ impl Config {
                     })?;
             }
             c.service.state_file = s.state_file;
+            if let Some(n) = s.metrics_max_processes {
+                if n > MAX_METRICS_PROCESSES {
+                    return Err(ConfigError(format!(
+                        "service.metrics_max_processes = {n}; allowed: 0 to {MAX_METRICS_PROCESSES} \
+                         (each process is a series of its own)"
+                    )));
+                }
+                c.service.metrics_max_processes = n;
+            }
             if let Some(b) = s.report_page_bytes {
                 let b = b.bytes("service.report_page_bytes")?;
                 let b = usize::try_from(b)
@@ -503,6 +521,7 @@ struct RawService {
     scan_interval_ms: Option<u64>,
     scan_source: Option<String>,
     state_file: Option<PathBuf>,
+    metrics_max_processes: Option<usize>,
     report_page_bytes: Option<Size>,
 }
 
@@ -685,5 +704,18 @@ mod tests {
         assert!(e.0.contains("heap"), "{e}");
         let e = Config::parse("[aliases]\na = \"b\"\nb = \"system\"").unwrap_err();
         assert!(e.0.contains("alias"), "{e}");
+    }
+
+    #[test]
+    fn metrics_max_processes_is_bounded() {
+        assert_eq!(
+            Config::parse("").unwrap().service.metrics_max_processes,
+            DEFAULT_METRICS_MAX_PROCESSES
+        );
+        let c = Config::parse("[service]\nmetrics_max_processes = 3").unwrap();
+        assert_eq!(c.service.metrics_max_processes, 3);
+        let e = Config::parse("[service]\nmetrics_max_processes = 5000").unwrap_err();
+        assert!(e.0.contains("service.metrics_max_processes = 5000"), "{e}");
+        assert!(e.0.contains("0 to 1000"), "{e}");
     }
 }

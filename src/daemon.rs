@@ -8,6 +8,7 @@ use crate::allocator::Allocator;
 use crate::config::Config;
 use crate::monitor::Monitor;
 use crate::registry::Registry;
+use crate::sd_notify::Notifier;
 use crate::service::DmaBufService;
 use crate::transport::{self, Transport};
 
@@ -17,6 +18,9 @@ pub struct Options {
     pub config: Option<PathBuf>,
     pub rpc: Option<PathBuf>,
     pub kernel: bool,
+    /// `--metrics-textfile PATH`: the Prometheus exposition rewritten there
+    /// after each scan, for node_exporter's textfile collector.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// A running service (dropping it stops an RPC server).
@@ -25,7 +29,20 @@ pub struct Running {
     /// The service state, for in-process dumps (the demo).
     pub service: DmaBufService,
     _guard: Serving,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
+    /// systemd's notification socket, when started by a `Type=notify` unit.
+    notifier: Option<Arc<Notifier>>,
+}
+
+impl Running {
+    /// Tells systemd (if it started us) that the service is going away.
+    pub fn stopping(&self) {
+        if let Some(n) = &self.notifier {
+            if let Err(e) = n.stopping() {
+                log::warn!("systemd notification STOPPING=1 failed: {e}");
+            }
+        }
+    }
 }
 
 /// What keeps the server running; dropping it stops an RPC server.
@@ -35,11 +52,66 @@ enum Serving {
 }
 
 /// Opens the heaps, picks the transport and starts serving. Prints the
-/// start-up summary (transport, heaps, config) to the log.
+/// start-up summary (transport, heaps, config) to the log. Then, with
+/// `--metrics-textfile`, writes the metrics there (and after every scan),
+/// and, when started by systemd (`$NOTIFY_SOCKET`), sends `READY=1` with a
+/// `STATUS=` line — only now: registered or listening, heaps open — and
+/// starts the `WATCHDOG=1` pings when `$WATCHDOG_USEC` is set.
 pub fn start(opts: &Options) -> Result<Running, String> {
     let config = Config::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
     let (transport, fallback) = transport::choose(opts.rpc.clone(), opts.kernel);
-    start_with(config, transport, fallback)
+    let notifier = match Notifier::from_env() {
+        None => None,
+        Some(Ok(n)) => Some(Arc::new(n)),
+        Some(Err(e)) => return Err(format!("systemd notification socket: {e}")),
+    };
+    let mut running = start_with(config, transport, fallback)?;
+    if let Some(path) = &opts.metrics_textfile {
+        running
+            .service
+            .write_metrics_textfile(path.clone())
+            .map_err(|e| format!("cannot write the metrics textfile {}: {e}", path.display()))?;
+        log::info!(
+            "metrics textfile: {} (rewritten after each scan)",
+            path.display()
+        );
+    }
+    if let Some(n) = &notifier {
+        let status = format!(
+            "serving on {}; scan source: {}; {} heap(s)",
+            running.transport,
+            running.service.scan_source(),
+            running.service.heap_count()
+        );
+        n.ready(&status)
+            .map_err(|e| format!("systemd notification READY=1 failed: {e}"))?;
+        if let Some(period) = crate::sd_notify::watchdog_interval() {
+            log::info!("systemd watchdog: WATCHDOG=1 every {period:?}");
+            running.runtime.spawn(watchdog(n.clone(), period));
+        }
+    }
+    running.notifier = notifier;
+    Ok(running)
+}
+
+/// Sends `WATCHDOG=1` every `period` from the service's runtime (the one
+/// the background scanner runs on): a runtime that stops scheduling stops
+/// the pings, and systemd restarts the service.
+async fn watchdog(n: Arc<Notifier>, period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match n.watchdog() {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                log::warn!("systemd notification WATCHDOG=1 failed: {e}");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// [`start`] with a config and transport already chosen.
@@ -191,7 +263,8 @@ pub fn start_with(
         transport,
         service,
         _guard: guard,
-        _runtime: runtime,
+        runtime,
+        notifier: None,
     })
 }
 

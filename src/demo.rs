@@ -136,9 +136,10 @@ fn demo_in(dir: &Path) -> Result<(), String> {
     let careless = App::spawn("careless", 10004, &[&sock])?;
     careless.finish()?;
 
-    println!("== the service's dump: who allocated (Owner) next to who holds (`dmabufctl dump`)");
-    print_dump(&running, &[])?;
-    println!("== buffers by process (`dmabufctl dump -a`)");
+    println!(
+        "== the service's dump as a bugreport gets it (`dmabufctl dump -a`): who allocated \
+         (Owner) next to who holds, per process, then buffers by process, then per buffer"
+    );
     print_dump(&running, &["-a"])?;
     let cam = camera.child.id() as i32;
     println!(

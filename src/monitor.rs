@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::accounting::{self, Accounting, HwmTracker};
 use crate::allocator::Reclaimed;
 use crate::pool::Pools;
+use crate::metrics::Metrics;
 use crate::procfs::{self, ProcessScan};
 use crate::registry::Registry;
 use crate::scan::{BufferKind, ScanSource};
@@ -51,11 +52,19 @@ pub struct Monitor {
     /// The service's reserve pools: their buffers are the service's own
     /// fds, reported as the pool, not as the service holding buffers.
     pools: std::sync::OnceLock<Arc<Pools>>,
+    /// The service's counters (scans here; allocations in the service).
+    metrics: Arc<Metrics>,
+    /// Called with each new accounting, under the scan lock (so in scan
+    /// order): the metrics textfile.
+    after_scan: std::sync::OnceLock<AfterScan>,
     /// Perfetto counter tracks (checks tracing once per scan).
     tracer: crate::trace::Tracer,
     /// Told of every record dropped because its buffer was freed.
     freed_listeners: Mutex<Vec<FreedListener>>,
 }
+
+/// See [`Monitor::set_after_scan`].
+pub type AfterScan = Box<dyn Fn(&Accounting) + Send + Sync>;
 
 /// Called with the records of freed buffers, after they left the registry.
 pub type FreedListener = Box<dyn Fn(&[crate::registry::BufferRecord]) + Send + Sync>;
@@ -85,6 +94,7 @@ impl Monitor {
         source: Box<dyn ScanSource>,
         source_reason: String,
     ) -> Monitor {
+        let metrics = Arc::new(Metrics::new(source.name()));
         Monitor {
             registry,
             source,
@@ -96,6 +106,8 @@ impl Monitor {
             compacted_at: Mutex::new(0),
             asked_by: Mutex::new(std::collections::HashMap::new()),
             pools: std::sync::OnceLock::new(),
+            metrics,
+            after_scan: std::sync::OnceLock::new(),
             tracer: crate::trace::Tracer::system(),
             freed_listeners: Mutex::new(Vec::new()),
         }
@@ -161,6 +173,22 @@ impl Monitor {
         let _ = self.pools.set(pools);
     }
 
+    /// The service's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The scan source's name (`bpf`, `procfs`).
+    pub fn source_name(&self) -> &'static str {
+        self.source.name()
+    }
+
+    /// Runs `f` after every successful scan with its accounting (set once;
+    /// a second call is ignored and returns false).
+    pub fn set_after_scan(&self, f: AfterScan) -> bool {
+        self.after_scan.set(f).is_ok()
+    }
+
     /// Which source and why, in one line.
     pub fn source_reason(&self) -> &str {
         &self.source_reason
@@ -178,11 +206,21 @@ impl Monitor {
             }
         }
         let started = Instant::now();
-        let acc = Arc::new(self.scan_now()?);
+        let acc = match self.scan_now() {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                self.metrics.scanned(None);
+                return Err(e);
+            }
+        };
+        self.metrics.scanned(Some(started.elapsed()));
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Shared {
             started,
             accounting: acc.clone(),
         });
+        if let Some(f) = self.after_scan.get() {
+            f(&acc);
+        }
         Ok(acc)
     }
 

@@ -273,20 +273,25 @@ impl DmaBufService {
         Ok(())
     }
 
-    /// The dump in the shape of Android's dmabuf_dump (see `dump -h`).
+    /// The dump in the shape of Android's dmabuf_dump (see `dump -h`),
+    /// written to `w` as it is drawn.
     pub fn render_dump(&self, w: &mut dyn Write, args: &[String]) -> std::io::Result<()> {
         use report::dump_args::DumpRequest;
         let request = report::dump_args::parse(args);
-        if let Ok(DumpRequest::Source) = request {
-            return writeln!(w, "scan source: {}", self.monitor.source_reason());
+        match request {
+            Ok(DumpRequest::Source) => {
+                return writeln!(w, "scan source: {}", self.monitor.source_reason())
+            }
+            Ok(DumpRequest::Prometheus) => return w.write_all(self.prometheus().as_bytes()),
+            _ => {}
         }
         // Scans only for a report (not for help or an argument error).
         let mut scanned = None;
-        w.write_all(&report::render_request(&request, || {
+        report::write_request(w, &request, || {
             let acc = self.monitor.refresh().map_err(|e| e.to_string())?;
             scanned = Some(acc.clone());
             Ok(acc)
-        }))?;
+        })?;
         let Some(acc) = scanned else { return Ok(()) };
         // The registry's own state, under plain-text views only.
         if let Ok(DumpRequest::Text { csv: false, .. }) = request {
@@ -311,6 +316,63 @@ impl DmaBufService {
             )?;
         }
         Ok(())
+    }
+
+    /// The scan source's name (`bpf`, `procfs`).
+    pub fn scan_source(&self) -> &'static str {
+        self.monitor.source_name()
+    }
+
+    pub fn heap_count(&self) -> usize {
+        self.allocator.heaps().len()
+    }
+
+    /// Rewrites the metrics at `path` after every scan from now on, and
+    /// writes them once now (so a path that cannot be written is an error
+    /// at start-up, after the privilege drop, not a warning later).
+    pub fn write_metrics_textfile(&self, path: std::path::PathBuf) -> std::io::Result<()> {
+        let allocator = self.allocator.clone();
+        let metrics = self.monitor.metrics().clone();
+        let target = path.clone();
+        let failing = std::sync::atomic::AtomicBool::new(false);
+        self.monitor.set_after_scan(Box::new(move |acc| {
+            let text = crate::metrics::exposition(&allocator, &metrics, Some(acc));
+            use std::sync::atomic::Ordering::Relaxed;
+            match crate::metrics::write_textfile(&target, &text) {
+                Ok(()) => {
+                    if failing.swap(false, Relaxed) {
+                        log::info!("metrics textfile {} written again", target.display());
+                    }
+                }
+                Err(e) => {
+                    if !failing.swap(true, Relaxed) {
+                        log::warn!(
+                            "cannot write the metrics textfile {}: {e}",
+                            target.display()
+                        );
+                    }
+                }
+            }
+        }));
+        crate::metrics::write_textfile(&path, &self.prometheus())
+    }
+
+    /// The Prometheus exposition after a fresh scan; when the scan fails,
+    /// the counters and heaps only, after a comment saying why.
+    pub fn prometheus(&self) -> String {
+        let acc = self.monitor.refresh();
+        let text = crate::metrics::exposition(
+            &self.allocator,
+            self.monitor.metrics(),
+            acc.as_deref().ok(),
+        );
+        match acc {
+            Ok(_) => text,
+            Err(e) => format!(
+                "# scan failed: {}\n{text}",
+                report::escape::escape(&e.to_string())
+            ),
+        }
     }
 }
 
@@ -491,7 +553,15 @@ impl IDmaBufAllocator for DmaBufService {
     }
 
     fn allocate(&self, request: &AllocationRequest) -> BinderResult<Buffer> {
-        boundary("allocate", |c| self.allocate(c, request))
+        boundary("allocate", |c| {
+            let r = self.allocate(c, request);
+            let metrics = self.monitor.metrics();
+            match &r {
+                Ok(b) => metrics.allocated(&b.heapName, b.size as u64),
+                Err(e) => metrics.refused(e.kind),
+            }
+            r
+        })
     }
 
     fn getProcessMemory(&self, pid: i32) -> BinderResult<ProcessMemory> {
@@ -507,7 +577,19 @@ impl IDmaBufAllocator for DmaBufService {
     }
 
     fn allocateBatch(&self, request: &AllocationRequest, count: i32) -> BinderResult<Vec<Buffer>> {
-        boundary("allocateBatch", |c| self.allocate_batch(c, request, count))
+        boundary("allocateBatch", |c| {
+            let r = self.allocate_batch(c, request, count);
+            let metrics = self.monitor.metrics();
+            match &r {
+                Ok(bufs) => {
+                    for b in bufs {
+                        metrics.allocated(&b.heapName, b.size as u64);
+                    }
+                }
+                Err(e) => metrics.refused(e.kind),
+            }
+            r
+        })
     }
 
     fn getMemoryReportPage(&self, from: &ReportCursor) -> BinderResult<MemoryReportPage> {

@@ -18,8 +18,9 @@ apt_install() {
 }
 
 # checkpolicy + m4 compile the sepolicy in tests/platform_files.rs;
-# systemd provides systemd-analyze, which verifies the systemd unit there.
-apt_install checkpolicy m4 systemd
+# systemd provides systemd-analyze, which verifies the systemd unit there;
+# python3-prometheus-client parses the metrics in tests/metrics_prometheus.rs.
+apt_install checkpolicy m4 systemd python3-prometheus-client
 
 echo "== lint"
 cargo fmt --check

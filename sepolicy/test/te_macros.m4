@@ -3,7 +3,10 @@ dnl for the host test (tests/platform_files.rs). They grant what the AOSP
 dnl macros of the same name grant, minus debug-only and Treble-compat extras,
 dnl so checkpolicy sees the same allow and neverallow rules the device would.
 dnl
-dnl Permission sets (AOSP global_macros).
+dnl Permission sets (AOSP global_macros). AOSP's capability class set also
+dnl holds cap_userns (capabilities in user namespaces); the stub base has
+dnl only the capability class.
+define(`global_capability_class_set', `{ capability }')
 define(`r_dir_perms', `{ open getattr read search ioctl lock watch watch_reads }')
 define(`r_file_perms', `{ getattr open read ioctl lock map watch watch_reads }')
 define(`w_file_perms', `{ open append write lock map }')

@@ -17,6 +17,7 @@ const USAGE: &str = "usage: dmabufctl [--rpc PATH] COMMAND
                                              one all-or-nothing batch; --hold keeps them alive
   dump [ARGS...]                             the service's dump (try `dump -h`)
   report [--pid N] [--json]                  per-process DMA-BUF memory
+  metrics                                    the metrics in the Prometheus text format
 
 The service is found like the client library finds it: --rpc PATH or $DMABUFD_SOCKET
 names an RPC socket; else kernel binder when a binder device exists; else the default
@@ -53,6 +54,8 @@ fn main() -> ExitCode {
         "alloc" => alloc_cmd(&alloc, rest),
         "dump" => dump(&alloc, rest),
         "report" => report(&alloc, rest),
+        "metrics" if rest.is_empty() => dump(&alloc, &["--prometheus".to_string()]),
+        "metrics" => return usage_error("metrics takes no argument"),
         other => return usage_error(&format!("unknown command {other:?}")),
     };
     match r {

@@ -9,8 +9,12 @@ pub enum View {
     /// One block per process (dmabuf_dump's default), plus per-uid totals.
     #[default]
     PerProcess,
-    /// `-a`: buffer x process table of fd(map) reference counts.
+    /// `-a` with `--csv`: buffer x process table of fd(map) reference counts.
     BufferByProcess,
+    /// `-a` (what dumpstate passes for a bugreport): the full text: the
+    /// per-process view, the buffer x process table and the per-buffer
+    /// tables, one after the other.
+    Full,
     /// `-b`: per-buffer table, per-exporter and per-uid totals.
     PerBuffer,
 }
@@ -24,6 +28,9 @@ pub enum DumpRequest {
     Proto,
     /// `--source`: one line saying which scan source is active and why.
     Source,
+    /// `--prometheus`: the metrics in the Prometheus text format
+    /// (`dmabufctl metrics`).
+    Prometheus,
     /// A text (or CSV) report, optionally of one process.
     Text {
         view: View,
@@ -45,21 +52,25 @@ impl fmt::Display for DumpArgsError {
 impl std::error::Error for DumpArgsError {}
 
 /// The accepted arguments, for error messages.
-pub const ACCEPTED: &str = "-a, -b, --csv (or -o csv), --proto, --pid N, --source, -h/--help";
+pub const ACCEPTED: &str =
+    "-a, -b, --csv (or -o csv), --proto, --pid N, --source, --prometheus, -h/--help";
 
 /// The `-h` text.
 pub const HELP: &str = "\
-usage: dump [-a | -b] [--csv | -o csv] [--pid N] | --proto | --source | -h
+usage: dump [-a | -b] [--csv | -o csv] [--pid N] | --proto | --source | --prometheus | -h
 DMA-BUF memory as seen by dmabufd: owner (who allocated) and holders
 (processes with fds or mappings), sizes in kB unless stated.
   (none)     per process: each buffer with Rss, Pss, nr_procs, Inode,
              Exporter, Owner; then per-uid owner totals
-  -a         buffer x process table of fd(map) reference counts
+  -a         everything (what a bugreport asks for): the per-process view,
+             the buffer x process table of fd(map) reference counts, then
+             the per-buffer table; with --csv, the buffer x process table
   -b         per-buffer table, totals per exporter and per owner uid
   --csv      the same tables as CSV (also: -o csv)
   --pid N    only process N (with the default view or -a)
   --proto    the whole report as protobuf (schema: proto/dmabuf_report.proto)
   --source   which scan source (bpf or procfs) is active, and why
+  --prometheus  the metrics in the Prometheus text format (dmabufctl metrics)
   -h, --help this text
 ";
 
@@ -75,9 +86,18 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<DumpRequest, DumpArgsError> {
         match arg {
             "-h" | "--help" => return Ok(DumpRequest::Help),
             "--source" => return Ok(DumpRequest::Source),
+            "--prometheus" => {
+                if args.len() > 1 {
+                    return Err(DumpArgsError(format!(
+                        "--prometheus writes the metrics and takes no other argument; \
+                         accepted: {ACCEPTED}"
+                    )));
+                }
+                return Ok(DumpRequest::Prometheus);
+            }
             "-a" | "-b" => {
                 let v = if arg == "-a" {
-                    View::BufferByProcess
+                    View::Full
                 } else {
                     View::PerBuffer
                 };
@@ -129,6 +149,10 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<DumpRequest, DumpArgsError> {
         }
         return Ok(DumpRequest::Proto);
     }
+    // CSV is one table: -a --csv is the buffer x process table.
+    if csv && view == View::Full {
+        view = View::BufferByProcess;
+    }
     if pid.is_some() && view == View::PerBuffer {
         return Err(DumpArgsError(format!(
             "--pid applies to the default view and -a, not -b; accepted: {ACCEPTED}"
@@ -158,7 +182,8 @@ mod tests {
     fn accepted_forms() {
         let none: [&str; 0] = [];
         assert_eq!(parse(&none), Ok(text(View::PerProcess, false, None)));
-        assert_eq!(parse(&["-a"]), Ok(text(View::BufferByProcess, false, None)));
+        assert_eq!(parse(&["-a"]), Ok(text(View::Full, false, None)));
+        assert_eq!(parse(&["--prometheus"]), Ok(DumpRequest::Prometheus));
         assert_eq!(
             parse(&["-b", "--csv"]),
             Ok(text(View::PerBuffer, true, None))
@@ -173,7 +198,7 @@ mod tests {
         );
         assert_eq!(
             parse(&["--pid=7", "-a"]),
-            Ok(text(View::BufferByProcess, false, Some(7)))
+            Ok(text(View::Full, false, Some(7)))
         );
         assert_eq!(parse(&["--proto"]), Ok(DumpRequest::Proto));
         assert_eq!(parse(&["-h"]), Ok(DumpRequest::Help));
@@ -181,7 +206,7 @@ mod tests {
         // Owned strings, as rsbinder passes them.
         assert_eq!(
             parse(&["-a".to_string()]),
-            Ok(text(View::BufferByProcess, false, None))
+            Ok(text(View::Full, false, None))
         );
     }
 
@@ -196,6 +221,11 @@ mod tests {
             (vec!["-o", "json"], "unsupported output format 'json'"),
             (vec!["-o"], "-o needs a format"),
             (vec!["--proto", "-a"], "--proto writes the whole report"),
+            (
+                vec!["--prometheus", "-a"],
+                "--prometheus writes the metrics",
+            ),
+            (vec!["-x"], "unknown argument '-x'"),
             (vec!["-b", "--pid", "3"], "not -b"),
         ] {
             let e = parse(&args).unwrap_err().to_string();
@@ -214,6 +244,7 @@ mod tests {
             "-o csv",
             "--pid N",
             "--proto",
+            "--prometheus",
             "-h, --help",
         ] {
             assert!(HELP.contains(a), "{a}");

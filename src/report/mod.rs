@@ -5,6 +5,7 @@
 pub mod dump_args;
 pub mod escape;
 pub mod paging;
+pub mod prometheus;
 pub mod text;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -249,19 +250,36 @@ pub fn render_request<A: std::borrow::Borrow<Accounting>>(
     request: &Result<DumpRequest, dump_args::DumpArgsError>,
     accounting: impl FnOnce() -> Result<A, String>,
 ) -> Vec<u8> {
-    let report = |draw: &dyn Fn(&Accounting) -> Vec<u8>| match accounting() {
-        Ok(a) => draw(a.borrow()),
-        Err(e) => format!("error: {e}; try again\n").into_bytes(),
-    };
+    let mut out = Vec::new();
+    write_request(&mut out, request, accounting).expect("writing to a Vec cannot fail");
+    out
+}
+
+/// [`render_request`] written to `w` as it is drawn (a text report one
+/// section at a time), for the service's `dump` into the caller's fd.
+pub fn write_request<A: std::borrow::Borrow<Accounting>>(
+    w: &mut dyn std::io::Write,
+    request: &Result<DumpRequest, dump_args::DumpArgsError>,
+    accounting: impl FnOnce() -> Result<A, String>,
+) -> std::io::Result<()> {
+    let report =
+        |w: &mut dyn std::io::Write,
+         draw: &dyn Fn(&mut dyn std::io::Write, &Accounting) -> std::io::Result<()>| {
+            match accounting() {
+                Ok(a) => draw(w, a.borrow()),
+                Err(e) => w.write_all(format!("error: {e}; try again\n").as_bytes()),
+            }
+        };
     match request {
         // The message quotes the arguments: escaped, it stays one line.
-        Err(e) => format!("error: {}\n", escape::escape(&e.to_string())).into_bytes(),
-        Ok(DumpRequest::Help) => dump_args::HELP.as_bytes().to_vec(),
-        // The caller (the service) knows the source; nothing to render here.
-        Ok(DumpRequest::Source) => Vec::new(),
-        Ok(DumpRequest::Proto) => report(&proto_bytes),
+        Err(e) => w.write_all(format!("error: {}\n", escape::escape(&e.to_string())).as_bytes()),
+        Ok(DumpRequest::Help) => w.write_all(dump_args::HELP.as_bytes()),
+        // The caller (the service) knows the source and the counters;
+        // nothing to render here.
+        Ok(DumpRequest::Source | DumpRequest::Prometheus) => Ok(()),
+        Ok(DumpRequest::Proto) => report(w, &|w, a| w.write_all(&proto_bytes(a))),
         Ok(DumpRequest::Text { view, csv, pid }) => {
-            report(&|a| text::render(a, *view, *csv, *pid).into_bytes())
+            report(w, &|w, a| text::render_to(w, a, *view, *csv, *pid))
         }
     }
 }

@@ -152,42 +152,81 @@ fn proc_line_label(p: &ProcessFigures) -> String {
 /// Draws the dump for `view`. `pid` limits the per-process view and `-a`
 /// to one process.
 pub fn render(a: &Accounting, view: View, csv: bool, pid: Option<i32>) -> String {
+    let mut out = Vec::new();
+    render_to(&mut out, a, view, csv, pid).expect("writing to a Vec cannot fail");
+    String::from_utf8(out).expect("the report is UTF-8")
+}
+
+/// [`render`] written to `w` one section at a time, so the largest piece
+/// held in memory is one table, not the whole dump (`-a` with thousands of
+/// buffers is three tables).
+pub fn render_to(
+    w: &mut dyn std::io::Write,
+    a: &Accounting,
+    view: View,
+    csv: bool,
+    pid: Option<i32>,
+) -> std::io::Result<()> {
+    let mut section = |draw: &dyn Fn(&mut String)| {
+        let mut out = String::new();
+        draw(&mut out);
+        w.write_all(out.as_bytes())
+    };
     if let Some(pid) = pid {
         let Some(p) = a.process(pid) else {
-            return format!("No such process: {pid}\n");
+            return section(&|out| out.push_str(&format!("No such process: {pid}\n")));
         };
         if let Some(e) = &p.error {
-            return format!(
-                "{}: unreadable: {}\n",
-                proc_line_label(p),
-                escape(&e.to_string())
-            );
+            return section(&|out| {
+                out.push_str(&format!(
+                    "{}: unreadable: {}\n",
+                    proc_line_label(p),
+                    escape(&e.to_string())
+                ))
+            });
         }
         if p.buffers.is_empty() {
-            return format!(
-                "{}: no DMA-BUF buffers referenced (rss 0 kB, hwm {})\n",
-                proc_line_label(p),
-                kb_text(p.hwm)
-            );
+            return section(&|out| {
+                out.push_str(&format!(
+                    "{}: no DMA-BUF buffers referenced (rss 0 kB, hwm {})\n",
+                    proc_line_label(p),
+                    kb_text(p.hwm)
+                ))
+            });
         }
     } else if a.buffers.is_empty() {
-        let mut out = String::from(NOTHING_FOUND);
-        out.push('\n');
-        pool_section(a, csv, &mut out);
-        unreadable_section(a, csv, &mut out);
-        return out;
+        return section(&|out| {
+            out.push_str(NOTHING_FOUND);
+            out.push('\n');
+            pool_section(a, csv, out);
+            unreadable_section(a, csv, out);
+        });
     }
-    let mut out = String::new();
     match view {
-        View::PerProcess => per_process(a, csv, pid, &mut out),
-        View::BufferByProcess => buffer_by_process(a, csv, pid, &mut out),
-        View::PerBuffer => per_buffer(a, csv, &mut out),
+        View::PerProcess => section(&|out| per_process(a, csv, pid, out))?,
+        View::BufferByProcess => section(&|out| buffer_by_process(a, csv, pid, out))?,
+        View::PerBuffer => section(&|out| per_buffer(a, csv, out))?,
+        View::Full => {
+            section(&|out| per_process(a, csv, pid, out))?;
+            section(&|out| {
+                out.push_str(BUFFERS_BY_PROCESS_TITLE);
+                buffer_by_process(a, csv, pid, out)
+            })?;
+            if pid.is_none() {
+                section(&|out| {
+                    out.push_str(PER_BUFFER_TITLE);
+                    per_buffer(a, csv, out)
+                })?;
+            }
+        }
     }
     if pid.is_none() {
-        pool_section(a, csv, &mut out);
-        unreadable_section(a, csv, &mut out);
+        section(&|out| {
+            pool_section(a, csv, out);
+            unreadable_section(a, csv, out)
+        })?;
     }
-    out
+    Ok(())
 }
 
 /// The service's reserve pools: buffers dmabufd itself holds, on a line of
@@ -243,6 +282,10 @@ fn pool_section(a: &Accounting, csv: bool, out: &mut String) {
         classes.join(", ")
     ));
 }
+
+/// Titles between the sections of `-a`.
+const BUFFERS_BY_PROCESS_TITLE: &str = "\nBuffers by process (fd(map) reference counts):\n";
+const PER_BUFFER_TITLE: &str = "\nPer buffer:\n";
 
 fn per_process(a: &Accounting, csv: bool, only: Option<i32>, out: &mut String) {
     let holders = a
@@ -694,6 +737,33 @@ mod tests {
             render(&a, View::PerProcess, false, Some(999)),
             "No such process: 999\n"
         );
+    }
+
+    #[test]
+    fn full_view_is_every_section_in_order_and_one_process_with_pid() {
+        let a = accounting();
+        let full = render(&a, View::Full, false, None);
+        let per_process = render(&a, View::PerProcess, false, None);
+        let unreadable_at = per_process.find("\nUnreadable processes").unwrap();
+        // The per-process view, then the table, then the per-buffer tables,
+        // then the unreadable processes once.
+        assert!(full.starts_with(&per_process[..unreadable_at]), "{full}");
+        let table_at = full.find(BUFFERS_BY_PROCESS_TITLE).unwrap();
+        let buffers_at = full.find(PER_BUFFER_TITLE).unwrap();
+        assert!(unreadable_at <= table_at && table_at < buffers_at, "{full}");
+        let table = render(&a, View::BufferByProcess, false, None);
+        let table_body = &table[..table.find("\nUnreadable processes").unwrap()];
+        assert!(full[table_at..buffers_at].contains(table_body), "{full}");
+        assert!(
+            full[buffers_at..].contains("Total DMA-BUF count: 2"),
+            "{full}"
+        );
+        assert_eq!(full.matches("Unreadable processes").count(), 1, "{full}");
+        // --pid: that process's block and its column, no per-buffer tables.
+        let one = render(&a, View::Full, false, Some(100));
+        assert!(one.contains("camera"), "{one}");
+        assert!(!one.contains("viewer:200"), "{one}");
+        assert!(!one.contains(PER_BUFFER_TITLE), "{one}");
     }
 
     #[test]

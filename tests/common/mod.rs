@@ -19,7 +19,7 @@ pub use rng::Rng;
 /// Starts dmabufd on `socket` with `dir/dmabufd.toml`. Its stderr goes to
 /// `dir/dmabufd.log` when that file exists ([`Service::start_logged`]),
 /// appended across restarts; else to the test's stderr.
-fn spawn_service(dir: &Path, socket: &Path) -> Child {
+fn spawn_service(dir: &Path, socket: &Path, extra: &[String]) -> Child {
     let log = dir.join("dmabufd.log");
     let stderr = if log.exists() {
         Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
@@ -31,6 +31,7 @@ fn spawn_service(dir: &Path, socket: &Path) -> Child {
         .arg(dir.join("dmabufd.toml"))
         .arg("--rpc")
         .arg(socket)
+        .args(extra)
         .env("DMABUFD_LOG", "warn")
         .stdin(Stdio::null())
         .stderr(stderr)
@@ -42,6 +43,8 @@ pub struct Service {
     pub child: Child,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// Command-line arguments after `--config` and `--rpc`.
+    pub args: Vec<String>,
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -58,7 +61,17 @@ impl Service {
         Self::start_with(config, true)
     }
 
+    /// [`start`](Self::start) with more command-line arguments; `{dir}` in
+    /// them is replaced by the service's private directory.
+    pub fn start_with_args(config: &str, args: &[&str]) -> Service {
+        Self::start_full(config, false, args)
+    }
+
     fn start_with(config: &str, logged: bool) -> Service {
+        Self::start_full(config, logged, &[])
+    }
+
+    fn start_full(config: &str, logged: bool, args: &[&str]) -> Service {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("dmabufd-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -73,8 +86,17 @@ impl Service {
         if logged {
             std::fs::File::create(dir.join("dmabufd.log")).unwrap();
         }
-        let child = spawn_service(&dir, &socket);
-        let svc = Service { child, dir, socket };
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.to_string_lossy()))
+            .collect();
+        let child = spawn_service(&dir, &socket, &args);
+        let svc = Service {
+            child,
+            dir,
+            socket,
+            args,
+        };
         svc.wait_until_up();
         svc
     }
@@ -84,7 +106,7 @@ impl Service {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = spawn_service(&self.dir, &self.socket);
+        self.child = spawn_service(&self.dir, &self.socket, &self.args);
         self.wait_until_up();
     }
 

@@ -6,6 +6,7 @@ use crate::harness::Case;
 
 mod alloc;
 mod bpf;
+mod bugreport;
 mod errors;
 mod exact;
 mod fuzz;
@@ -29,6 +30,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(reports::cases());
     cases.extend(memtrack::cases());
     cases.extend(paging::cases());
+    cases.extend(bugreport::cases());
     cases.extend(errors::coverage_cases());
     cases.extend(fuzz::cases());
     cases.extend(stress::cases());
@@ -48,6 +50,7 @@ pub fn app_role(name: &str) -> Option<Role> {
     [
         isolation::roles(),
         alloc::roles(),
+        bugreport::roles(),
         errors::roles(),
         lifecycle::roles(),
         reports::roles(),
