@@ -21,7 +21,7 @@
 //! gone the heaps' totals come back to zero. The p50/p99 allocation
 //! latencies under load are printed next to the idle ones.
 //!
-//! `DMABUFD_LOAD_CYCLES` (default 500, the CI short form) sets the cycles per
+//! `DMABUFD_LOAD_CYCLES` (default 2,000, the CI short form) sets the cycles per
 //! client: the long form is
 //! `DMABUFD_LOAD_CYCLES=10000 cargo test --release --test load -- --nocapture`.
 
@@ -246,7 +246,7 @@ fn load_reporter() {
 
 #[test]
 fn sixteen_clients_allocate_and_free_under_reports_with_no_failure_and_flat_fds_and_rss() {
-    let cycles = env_u64("DMABUFD_LOAD_CYCLES", 500);
+    let cycles = env_u64("DMABUFD_LOAD_CYCLES", 2_000);
     // Not root, every client runs under our uid and shares one quota, which
     // the buffers freed within FREED_GRACE of 16 clients could exceed: raise
     // it (the per-uid case needs root).
