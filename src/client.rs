@@ -5,21 +5,49 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rsbinder::{ExceptionCode, Status, Strong};
 
 use crate::aidl::vendor::dmabuf::{
-    AllocationRequest::AllocationRequest, ErrorCode::ErrorCode, HeapInfo::HeapInfo,
+    AllocationRequest::AllocationRequest, Buffer::Buffer, ErrorCode::ErrorCode, HeapInfo::HeapInfo,
     HeapKind::HeapKind, IDmaBufAllocator::IDmaBufAllocator, MemoryReport::MemoryReport,
     ProcessMemory::ProcessMemory,
 };
 use crate::sys::{self, Mapping, SyncDirection};
 use crate::transport;
 
+mod connection;
+use connection::Connection;
+pub use connection::RECONNECT_WAIT;
+
+/// What kind of failure an [`Error`] is, for callers that act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The service refused the request: [`Error::error_code`] says why.
+    Refused,
+    /// The service restarted, or the connection to it broke, while an
+    /// allocation was in flight. Nothing reached this process, whatever
+    /// the old service made died with it, and the connection is back:
+    /// retry the call.
+    ServiceRestarted,
+    /// The service cannot be reached: not running, not registered, or it
+    /// did not come back within [`RECONNECT_WAIT`].
+    Unavailable,
+    /// The service answered with a binder exception (security, illegal
+    /// argument, unsupported operation): [`Error::exception`].
+    Exception,
+    /// The binder transport refused the call itself (the service never saw it).
+    Transport,
+    /// Failed in this process: an argument refused before sending, a reply
+    /// it cannot use, I/O on a buffer.
+    Local,
+}
+
 /// A refusal or failure, with the service's message.
 #[derive(Debug, Clone)]
 pub struct Error {
+    kind: ErrorKind,
     exception: ExceptionCode,
     code: Option<ErrorCode>,
     message: String,
@@ -28,12 +56,22 @@ pub struct Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    fn local(exception: ExceptionCode, message: String) -> Error {
+    fn new(kind: ErrorKind, exception: ExceptionCode, message: String) -> Error {
         Error {
+            kind,
             exception,
             code: None,
             message,
         }
+    }
+
+    fn local(exception: ExceptionCode, message: String) -> Error {
+        Error::new(ErrorKind::Local, exception, message)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 
     /// The service-specific error code, for refusals.
@@ -59,7 +97,13 @@ impl From<Status> for Error {
             Some(m) if !m.is_empty() => m.to_string(),
             _ => format!("{s:?}"),
         };
+        let kind = match exception {
+            ExceptionCode::ServiceSpecific => ErrorKind::Refused,
+            ExceptionCode::TransactionFailed => ErrorKind::Transport,
+            _ => ErrorKind::Exception,
+        };
         Error {
+            kind,
             exception,
             code,
             message,
@@ -83,6 +127,8 @@ pub fn error_code_name(c: ErrorCode) -> String {
         ErrorCode::QUOTA_EXCEEDED => "QUOTA_EXCEEDED".into(),
         ErrorCode::NO_MEMORY => "NO_MEMORY".into(),
         ErrorCode::NO_SUCH_PROCESS => "NO_SUCH_PROCESS".into(),
+        ErrorCode::REPORT_TOO_LARGE => "REPORT_TOO_LARGE".into(),
+        ErrorCode::STALE_SNAPSHOT => "STALE_SNAPSHOT".into(),
         other => format!("error {}", other.0),
     }
 }
@@ -99,18 +145,22 @@ pub fn heap_kind_name(k: HeapKind) -> String {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.code {
-            Some(c) => write!(f, "{} ({})", self.message, error_code_name(c)),
-            None => write!(f, "{} ({:?})", self.message, self.exception),
+        match (self.code, self.kind) {
+            (Some(c), _) => write!(f, "{} ({})", self.message, error_code_name(c)),
+            (None, ErrorKind::Exception) => write!(f, "{} ({:?})", self.message, self.exception),
+            (None, kind) => write!(f, "{} ({kind:?})", self.message),
         }
     }
 }
 
 impl std::error::Error for Error {}
 
-/// A connection to the allocator service.
+/// A connection to the allocator service. It survives a restart of the
+/// service: calls that may run twice (heaps, reports) are sent again on the
+/// new connection; an allocation that was in flight fails with
+/// [`ErrorKind::ServiceRestarted`] and may simply be retried.
 pub struct Allocator {
-    service: Strong<dyn IDmaBufAllocator>,
+    conn: Connection,
 }
 
 impl Allocator {
@@ -134,36 +184,36 @@ impl Allocator {
         }
     }
 
+    /// Connects over RPC binder on a Unix socket; fails at once when no
+    /// service answers there.
     pub fn connect_rpc(path: &Path) -> Result<Allocator> {
-        let service = transport::connect_rpc(path).map_err(|e| {
-            Error::local(
-                ExceptionCode::TransactionFailed,
-                format!("cannot reach dmabufd at unix:{}: {e:?}", path.display()),
-            )
-        })?;
-        Ok(Allocator { service })
+        Ok(Allocator {
+            conn: Connection::rpc(path)?,
+        })
     }
 
+    /// Connects over kernel binder, waiting up to 5 s for the service to
+    /// be registered.
     pub fn connect_kernel() -> Result<Allocator> {
-        let service = transport::connect_kernel(Duration::from_secs(5)).map_err(|e| {
-            Error::local(
-                ExceptionCode::TransactionFailed,
-                format!(
-                    "cannot reach {} over kernel binder: {e:?}",
-                    crate::SERVICE_NAME
-                ),
-            )
-        })?;
-        Ok(Allocator { service })
+        Ok(Allocator {
+            conn: Connection::kernel()?,
+        })
     }
 
-    /// The AIDL interface, for calls this wrapper does not cover.
-    pub fn service(&self) -> &Strong<dyn IDmaBufAllocator> {
-        &self.service
+    /// The AIDL interface, for calls this wrapper does not cover (no
+    /// reconnect: a call on it fails once the service is gone).
+    pub fn service(&self) -> Strong<dyn IDmaBufAllocator> {
+        self.conn.proxy()
+    }
+
+    /// How many connections this client has made: 1, then one more per
+    /// reconnect after a service restart.
+    pub fn connection_generation(&self) -> u64 {
+        self.conn.generation()
     }
 
     pub fn heaps(&self) -> Result<Vec<HeapInfo>> {
-        Ok(self.service.getHeaps()?)
+        self.conn.idempotent(|s| s.getHeaps())
     }
 
     pub fn allocate(&self, heap: &str, size: u64, name: &str) -> Result<DmaBuffer> {
@@ -177,44 +227,69 @@ impl Allocator {
         name: &str,
         flags: i32,
     ) -> Result<DmaBuffer> {
-        let size = i64::try_from(size).map_err(|_| {
-            Error::local(
-                ExceptionCode::IllegalArgument,
-                format!("size {size} does not fit the 64-bit signed AIDL size"),
-            )
-        })?;
-        self.allocate_raw(heap, size, name, flags)
+        self.allocate_raw(heap, aidl_size(size)?, name, flags)
     }
 
     /// Sends the request as given (any size, including negative ones).
     pub fn allocate_raw(&self, heap: &str, size: i64, name: &str, flags: i32) -> Result<DmaBuffer> {
-        let b = self.service.allocate(&AllocationRequest {
-            heapName: heap.to_string(),
-            size,
-            name: name.to_string(),
-            flags,
+        let request = request(heap, size, name, flags);
+        let b = self
+            .conn
+            .at_most_once("allocate", |s| s.allocate(&request))?;
+        DmaBuffer::from_reply(b)
+    }
+
+    /// Allocates `count` buffers (1..=64) of one request, all or nothing
+    /// (allocateBatch, AIDL version 2).
+    pub fn allocate_batch(
+        &self,
+        heap: &str,
+        size: u64,
+        name: &str,
+        flags: i32,
+        count: usize,
+    ) -> Result<Vec<DmaBuffer>> {
+        let count = i32::try_from(count).map_err(|_| {
+            Error::local(
+                ExceptionCode::IllegalArgument,
+                format!("batch count {count} does not fit the 32-bit AIDL count"),
+            )
         })?;
-        let fd = b.fd.ok_or_else(|| {
-            Error::local(ExceptionCode::IllegalState, "service returned no fd".into())
-        })?;
-        Ok(DmaBuffer {
-            fd: fd.into(),
-            size: b.size as u64,
-            inode: b.inode as u64,
-            heap: b.heapName,
-        })
+        let request = request(heap, aidl_size(size)?, name, flags);
+        let bufs = self
+            .conn
+            .at_most_once("allocateBatch", |s| s.allocateBatch(&request, count))?;
+        bufs.into_iter().map(DmaBuffer::from_reply).collect()
     }
 
     pub fn process_memory(&self, pid: i32) -> Result<ProcessMemory> {
-        Ok(self.service.getProcessMemory(pid)?)
+        self.conn.idempotent(|s| s.getProcessMemory(pid))
     }
 
     pub fn memory_report(&self) -> Result<MemoryReport> {
-        Ok(self.service.getMemoryReport()?)
+        self.conn.idempotent(|s| s.getMemoryReport())
     }
 
     pub fn reset_high_water_mark(&self, pid: i32) -> Result<()> {
-        Ok(self.service.resetHighWaterMark(pid)?)
+        self.conn.idempotent(|s| s.resetHighWaterMark(pid))
+    }
+}
+
+fn aidl_size(size: u64) -> Result<i64> {
+    i64::try_from(size).map_err(|_| {
+        Error::local(
+            ExceptionCode::IllegalArgument,
+            format!("size {size} does not fit the 64-bit signed AIDL size"),
+        )
+    })
+}
+
+fn request(heap: &str, size: i64, name: &str, flags: i32) -> AllocationRequest {
+    AllocationRequest {
+        heapName: heap.to_string(),
+        size,
+        name: name.to_string(),
+        flags,
     }
 }
 
@@ -228,6 +303,18 @@ pub struct DmaBuffer {
 }
 
 impl DmaBuffer {
+    fn from_reply(b: Buffer) -> Result<DmaBuffer> {
+        let fd = b.fd.ok_or_else(|| {
+            Error::local(ExceptionCode::IllegalState, "service returned no fd".into())
+        })?;
+        Ok(DmaBuffer {
+            fd: fd.into(),
+            size: b.size as u64,
+            inode: b.inode as u64,
+            heap: b.heapName,
+        })
+    }
+
     /// Wraps a buffer fd received from another process.
     pub fn from_owned_fd(fd: OwnedFd) -> io::Result<DmaBuffer> {
         let st = nix::sys::stat::fstat(fd.as_fd())?;
