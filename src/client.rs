@@ -13,7 +13,7 @@ use crate::aidl::vendor::dmabuf::{
     HeapKind::HeapKind, IDmaBufAllocator::IDmaBufAllocator, MemoryReport::MemoryReport,
     ProcessMemory::ProcessMemory,
 };
-use crate::sys::{self, Mapping, SyncDirection};
+use crate::sys::{self, BufferFdKind, Mapping, SyncDirection};
 use crate::transport;
 
 mod connection;
@@ -294,9 +294,15 @@ fn request(heap: &str, size: i64, name: &str, flags: i32) -> AllocationRequest {
 }
 
 /// An owned buffer: closing it (drop) releases this process's reference.
+///
+/// Only fds whose pages cannot go away under a mapping become one: a
+/// dma-buf, or a memfd sealed against shrinking (the memfd heap seals its
+/// buffers so). Its size is the fd's own (`fstat`), checked against what
+/// the service said.
 #[derive(Debug)]
 pub struct DmaBuffer {
     fd: OwnedFd,
+    kind: BufferFdKind,
     size: u64,
     inode: u64,
     heap: String,
@@ -304,28 +310,48 @@ pub struct DmaBuffer {
 
 impl DmaBuffer {
     fn from_reply(b: Buffer) -> Result<DmaBuffer> {
-        let fd = b.fd.ok_or_else(|| {
-            Error::local(ExceptionCode::IllegalState, "service returned no fd".into())
-        })?;
+        let fd: OwnedFd =
+            b.fd.ok_or_else(|| {
+                Error::local(ExceptionCode::IllegalState, "service returned no fd".into())
+            })?
+            .into();
+        let bad = |what: String| Error::local(ExceptionCode::IllegalState, what);
+        let (kind, size) = sys::check_buffer_fd(fd.as_fd())
+            .map_err(|e| bad(format!("the service's fd is not a buffer: {e}")))?;
+        let inode = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| bad(format!("fstat of the service's fd: {e}")))?
+            .st_ino;
+        if b.size < 0 || b.size as u64 != size || b.inode as u64 != inode {
+            return Err(bad(format!(
+                "the service said {} bytes, inode {}; the fd it sent is {size} bytes, inode {inode}",
+                b.size, b.inode
+            )));
+        }
         Ok(DmaBuffer {
-            fd: fd.into(),
-            size: b.size as u64,
-            inode: b.inode as u64,
+            fd,
+            kind,
+            size,
+            inode,
             heap: b.heapName,
         })
     }
 
-    /// Wraps a buffer fd received from another process.
+    /// Wraps a buffer fd received from another process. Refused unless it
+    /// is a dma-buf (`fstatfs` magic) or a memfd sealed with
+    /// `F_SEAL_SHRINK`: any other file could be truncated by another holder
+    /// while mapped.
     pub fn from_owned_fd(fd: OwnedFd) -> io::Result<DmaBuffer> {
-        let st = nix::sys::stat::fstat(fd.as_fd())?;
+        let (kind, size) = sys::check_buffer_fd(fd.as_fd())?;
+        let inode = nix::sys::stat::fstat(fd.as_fd())?.st_ino;
         let heap = fdinfo(fd.as_fd())
             .and_then(|i| i.exporter)
             .unwrap_or_default();
         Ok(DmaBuffer {
-            size: st.st_size as u64,
-            inode: st.st_ino,
-            heap,
             fd,
+            kind,
+            size,
+            inode,
+            heap,
         })
     }
 
@@ -354,7 +380,7 @@ impl DmaBuffer {
 
     /// Whether this is a real dma-buf (false for the memfd fallback heap).
     pub fn is_dmabuf(&self) -> bool {
-        fdinfo(self.fd()).is_some_and(|i| i.exporter.is_some())
+        self.kind == BufferFdKind::DmaBuf
     }
 
     /// The name as the kernel has it now (fdinfo `name:`; for a memfd, its name).
@@ -386,9 +412,54 @@ impl DmaBuffer {
 
     /// Maps the whole buffer for CPU access in `dir`; the access is
     /// bracketed by DMA_BUF_IOCTL_SYNC start now and end on drop.
-    pub fn map(&self, dir: SyncDirection) -> io::Result<MappedBuffer<'_>> {
+    ///
+    /// Takes `&mut self`: one handle gives one mapping at a time. One
+    /// after the other is fine:
+    ///
+    /// ```no_run
+    /// # use dmabufd::client::DmaBuffer;
+    /// # use dmabufd::sys::SyncDirection;
+    /// fn in_turn(buf: &mut DmaBuffer) {
+    ///     let mut a = buf.map(SyncDirection::Write).unwrap();
+    ///     a.fill(1).unwrap();
+    ///     drop(a);
+    ///     let b = buf.map(SyncDirection::Read).unwrap();
+    ///     assert_eq!(b.to_vec()[0], 1);
+    /// }
+    /// ```
+    ///
+    /// two at once do not compile (E0499, two mutable borrows):
+    ///
+    /// ```compile_fail,E0499
+    /// # use dmabufd::client::DmaBuffer;
+    /// # use dmabufd::sys::SyncDirection;
+    /// fn twice(buf: &mut DmaBuffer) {
+    ///     let mut a = buf.map(SyncDirection::Write).unwrap();
+    ///     let b = buf.map(SyncDirection::Read).unwrap(); // second &mut borrow
+    ///     a.fill(1).unwrap();
+    ///     drop(b);
+    /// }
+    /// ```
+    ///
+    /// and a mapping cannot outlive its buffer (E0515):
+    ///
+    /// ```compile_fail,E0515
+    /// # use dmabufd::client::{DmaBuffer, MappedBuffer};
+    /// # use dmabufd::sys::SyncDirection;
+    /// fn outlive(mut buf: DmaBuffer) -> MappedBuffer<'static> {
+    ///     buf.map(SyncDirection::Read).unwrap() // borrows the local buf
+    /// }
+    /// ```
+    ///
+    /// Other processes (and other handles of the same buffer) may still
+    /// write it: that aliasing is inherent to shared memory, so the safe
+    /// accessors copy with volatile accesses and the zero-copy slices are
+    /// `unsafe` (see [`MappedBuffer`]).
+    pub fn map(&mut self, dir: SyncDirection) -> io::Result<MappedBuffer<'_>> {
+        // The length is the fd's own now, not what anyone said earlier.
+        let (_, size) = sys::check_buffer_fd(self.fd())?;
         let len =
-            usize::try_from(self.size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mapping = Mapping::new(self.fd(), len, dir != SyncDirection::Read)?;
         sync(self.fd(), dir, false)?;
         Ok(MappedBuffer {
@@ -435,6 +506,16 @@ fn sync(fd: BorrowedFd<'_>, dir: SyncDirection, end: bool) -> io::Result<()> {
 }
 
 /// A mapping of a buffer inside a CPU-access bracket.
+///
+/// The bytes are shared with every other holder of the buffer — other
+/// processes, devices — whose writes Rust cannot see. The safe accessors
+/// ([`read_at`](Self::read_at), [`write_at`](Self::write_at),
+/// [`fill`](Self::fill), [`to_vec`](Self::to_vec)) copy with volatile
+/// accesses, which stay defined whatever the others do; the zero-copy
+/// [`as_slice`](Self::as_slice) and [`as_mut_slice`](Self::as_mut_slice)
+/// are `unsafe`: the caller promises that nobody else touches the buffer
+/// while the slice lives. Writing needs `&mut` of the mapping, which needs
+/// `&mut` of the one [`DmaBuffer`].
 pub struct MappedBuffer<'a> {
     buf: &'a DmaBuffer,
     mapping: Mapping,
@@ -442,13 +523,61 @@ pub struct MappedBuffer<'a> {
 }
 
 impl MappedBuffer<'_> {
-    pub fn as_slice(&self) -> &[u8] {
-        self.mapping.as_slice()
+    /// The mapped length: the buffer's whole size.
+    pub fn len(&self) -> usize {
+        self.mapping.len()
     }
 
-    /// Writable access; None for a read-only mapping.
-    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        self.mapping.as_mut_slice()
+    pub fn is_empty(&self) -> bool {
+        self.mapping.is_empty()
+    }
+
+    /// False for a mapping made for [`SyncDirection::Read`].
+    pub fn is_writable(&self) -> bool {
+        self.mapping.is_writable()
+    }
+
+    /// Copies the bytes at `offset` into `out`.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> io::Result<()> {
+        self.mapping.read_at(offset, out)
+    }
+
+    /// Copies `data` to `offset`; refused on a read-only mapping.
+    pub fn write_at(&mut self, offset: usize, data: &[u8]) -> io::Result<()> {
+        self.mapping.write_at(offset, data)
+    }
+
+    /// Sets every byte; refused on a read-only mapping.
+    pub fn fill(&mut self, byte: u8) -> io::Result<()> {
+        self.mapping.fill(byte)
+    }
+
+    /// A copy of the whole buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.mapping.to_vec()
+    }
+
+    /// The bytes, without copying.
+    ///
+    /// # Safety
+    ///
+    /// Nothing may write the buffer while the slice lives: no other process
+    /// or device holding it, no other handle or mapping of it in this one.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: forwarded: the caller upholds Mapping::as_slice's contract.
+        unsafe { self.mapping.as_slice() }
+    }
+
+    /// Writable bytes, without copying; `None` for a read-only mapping.
+    ///
+    /// # Safety
+    ///
+    /// Nothing else may read or write the buffer while the slice lives: no
+    /// other process or device holding it, no other handle or mapping of it
+    /// in this one.
+    pub unsafe fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        // SAFETY: forwarded: the caller upholds Mapping::as_mut_slice's contract.
+        unsafe { self.mapping.as_mut_slice() }
     }
 }
 
@@ -464,4 +593,96 @@ impl Drop for MappedBuffer<'_> {
 fn fdinfo(fd: BorrowedFd<'_>) -> Option<crate::procfs::FdInfo> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
     Some(crate::procfs::parse_fdinfo(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::memfd::sealed_memfd;
+    use nix::fcntl::SealFlag;
+
+    fn refusal(fd: OwnedFd) -> io::Error {
+        DmaBuffer::from_owned_fd(fd).expect_err("not a buffer")
+    }
+
+    #[test]
+    fn only_dma_bufs_and_shrink_sealed_memfds_become_buffers() {
+        let unsealed = sealed_memfd("unsealed", 4096, SealFlag::empty()).unwrap();
+        let e = refusal(unsealed);
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("F_SEAL_SHRINK"), "{e}");
+
+        let grow_only = sealed_memfd("grow-only", 4096, SealFlag::F_SEAL_GROW).unwrap();
+        assert!(refusal(grow_only).to_string().contains("F_SEAL_SHRINK"));
+
+        let (pipe, _w) = nix::unistd::pipe().unwrap();
+        let e = refusal(pipe);
+        assert!(e.to_string().contains("not a buffer"), "{e}");
+
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        assert!(refusal(file.into()).to_string().contains("not a buffer"));
+
+        let sealed = sealed_memfd("sealed", 8192, SealFlag::F_SEAL_SHRINK).unwrap();
+        let mut b = DmaBuffer::from_owned_fd(sealed).unwrap();
+        assert_eq!(b.size(), 8192);
+        assert!(!b.is_dmabuf());
+        let mut m = b.map(SyncDirection::ReadWrite).unwrap();
+        assert_eq!(m.len(), 8192);
+        m.fill(7).unwrap();
+        m.write_at(4093, b"abcdef").unwrap();
+        let v = m.to_vec();
+        assert!(v[..4093].iter().all(|&x| x == 7));
+        assert_eq!(&v[4093..4099], b"abcdef");
+        assert!(v[4099..].iter().all(|&x| x == 7));
+        let mut out = [0u8; 3];
+        m.read_at(4094, &mut out).unwrap();
+        assert_eq!(&out, b"bcd");
+        assert!(m.read_at(8190, &mut out).is_err(), "past the end");
+    }
+
+    /// A mapping of a sealed memfd that grew keeps the size it had: the
+    /// length comes from fstat at map time, never past the fd's end.
+    #[test]
+    fn a_mapping_never_extends_past_the_fds_size() {
+        let fd = sealed_memfd("grows", 4096, SealFlag::F_SEAL_SHRINK).unwrap();
+        let e = Mapping::new(fd.as_fd(), 8192, false).unwrap_err();
+        assert!(e.to_string().contains("8192 bytes of a 4096-byte"), "{e}");
+        nix::unistd::ftruncate(fd.as_fd(), 12288).unwrap();
+        let mut b = DmaBuffer::from_owned_fd(fd).unwrap();
+        assert_eq!(b.map(SyncDirection::Read).unwrap().len(), 12288);
+    }
+
+    /// The fd the service sent is checked against what it said: a size or
+    /// inode that differs is refused, not trusted.
+    #[test]
+    fn a_reply_whose_fd_differs_from_what_the_service_said_is_refused() {
+        let reply = |size: i64, inode: Option<i64>| {
+            let fd = sealed_memfd("reply", 4096, SealFlag::F_SEAL_SHRINK).unwrap();
+            let ino = nix::sys::stat::fstat(fd.as_fd()).unwrap().st_ino as i64;
+            Buffer {
+                fd: Some(rsbinder::ParcelFileDescriptor::new(fd)),
+                inode: inode.unwrap_or(ino),
+                size,
+                heapName: "system".into(),
+                name: "reply".into(),
+            }
+        };
+        assert_eq!(
+            DmaBuffer::from_reply(reply(4096, None)).unwrap().size(),
+            4096
+        );
+        let e = DmaBuffer::from_reply(reply(1 << 20, None)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Local);
+        assert!(e.message().contains("said 1048576 bytes"), "{e}");
+        let e = DmaBuffer::from_reply(reply(4096, Some(1))).unwrap_err();
+        assert!(e.message().contains("inode 1"), "{e}");
+        let unsealed = sealed_memfd("unsealed", 4096, SealFlag::empty()).unwrap();
+        let e = DmaBuffer::from_reply(Buffer {
+            fd: Some(rsbinder::ParcelFileDescriptor::new(unsealed)),
+            size: 4096,
+            ..reply(4096, None)
+        })
+        .unwrap_err();
+        assert!(e.message().contains("not a buffer"), "{e}");
+    }
 }

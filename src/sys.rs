@@ -173,21 +173,104 @@ fn libc_o_cloexec() -> i32 {
     nix::fcntl::OFlag::O_CLOEXEC.bits()
 }
 
-/// A shared mapping of a whole buffer, unmapped on drop.
+/// `f_type` of the dma-buf pseudo filesystem (uapi `linux/magic.h`).
+pub const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+
+/// What a buffer fd is, as the kernel says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferFdKind {
+    /// A dma-buf (`fstatfs` magic `DMA_BUF_MAGIC`): its size is fixed.
+    DmaBuf,
+    /// A memfd sealed against shrinking (`F_SEAL_SHRINK`).
+    SealedMemfd,
+}
+
+/// Checks that `fd` is a buffer that cannot shrink under a mapping — a
+/// dma-buf, or a memfd sealed with `F_SEAL_SHRINK` — and returns its kind
+/// and its size now (`fstat`). Anything else could be truncated by any
+/// holder while mapped, and touching the lost pages raises SIGBUS.
+pub fn check_buffer_fd(fd: BorrowedFd<'_>) -> io::Result<(BufferFdKind, u64)> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let size = nix::sys::stat::fstat(fd).map_err(errno)?.st_size as u64;
+    let magic = nix::sys::statfs::fstatfs(fd)
+        .map_err(errno)?
+        .filesystem_type()
+        .0 as i64;
+    if magic == DMA_BUF_MAGIC {
+        return Ok((BufferFdKind::DmaBuf, size));
+    }
+    match fcntl(fd, FcntlArg::F_GET_SEALS) {
+        Ok(seals) if SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SHRINK) => {
+            Ok((BufferFdKind::SealedMemfd, size))
+        }
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a memfd without F_SEAL_SHRINK: any holder could truncate it under a \
+             mapping; only dma-bufs and memfds sealed against shrinking are buffers",
+        )),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "not a buffer: neither a dma-buf (filesystem magic {magic:#x}, \
+                 want {DMA_BUF_MAGIC:#x}) nor a sealed memfd"
+            ),
+        )),
+    }
+}
+
+/// A shared mapping of the first bytes of a buffer, unmapped on drop.
+///
+/// The memory is shared with every other holder of the buffer, in this
+/// process and in others, and with devices: Rust cannot see their writes,
+/// so a `&[u8]` over it would let the compiler assume bytes that may
+/// change under it. The safe accessors therefore copy with volatile reads
+/// and writes (as `vm-memory` does for memory shared with a guest); the
+/// zero-copy slices are `unsafe`, with the caller promising that nobody
+/// else writes (or, for a mutable slice, accesses) the buffer meanwhile.
+#[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     writable: bool,
 }
 
-// SAFETY: the mapping is plain shared memory; access goes through &/&mut self.
+// SAFETY: the mapping is plain shared memory with no thread affinity; the
+// accessors take &self for reads and &mut self for writes.
 unsafe impl Send for Mapping {}
-// SAFETY: as above; shared references only give shared slices.
+// SAFETY: as above; through &self there are only volatile reads and the
+// unsafe slice, whose caller vouches for the absence of writers.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes of `fd` from offset 0, read-write when `writable`.
+    /// Maps the first `len` bytes of a buffer fd, read-write when
+    /// `writable`. Only fds that cannot shrink are taken (a dma-buf or a
+    /// memfd sealed with `F_SEAL_SHRINK`, see [`check_buffer_fd`]), and
+    /// `len` must be within the buffer's size (`fstat`): so every mapped
+    /// page stays there while mapped.
     pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
+        let (_, size) = check_buffer_fd(fd)?;
+        if len as u64 > size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot map {len} bytes of a {size}-byte buffer"),
+            ));
+        }
+        // SAFETY: the buffer cannot shrink (checked above) and is at least
+        // `len` bytes long, so the mapped range stays backed.
+        unsafe { Self::new_unchecked(fd, len, writable) }
+    }
+
+    /// Maps `len` bytes of any mappable fd from offset 0.
+    ///
+    /// # Safety
+    ///
+    /// The file behind `fd` must stay at least `len` bytes long for as long
+    /// as the mapping lives: an access past a truncated end raises SIGBUS.
+    pub unsafe fn new_unchecked(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        writable: bool,
+    ) -> io::Result<Mapping> {
         use nix::sys::mman::{mmap, MapFlags, ProtFlags};
         let len_nz = std::num::NonZeroUsize::new(len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "cannot map 0 bytes"))?;
@@ -214,18 +297,135 @@ impl Mapping {
         self.len == 0
     }
 
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr..ptr+len is mapped readable for the life of self.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The mapping's address (for comparing with /proc/<pid>/maps).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn range(&self, offset: usize, len: usize) -> io::Result<*mut u8> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(self.ptr.as_ptr().wrapping_add(offset)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes at offset {offset} are past the end of the {}-byte mapping",
+                    self.len
+                ),
+            )),
+        }
+    }
+
+    /// Copies `out.len()` bytes at `offset` into `out` (volatile reads).
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> io::Result<()> {
+        let src = self.range(offset, out.len())?;
+        let mut i = 0;
+        while i < out.len() {
+            let p = src.wrapping_add(i);
+            if p as usize % 8 == 0 && out.len() - i >= 8 {
+                // SAFETY: p..p+8 is inside the live, readable mapping
+                // (range) and 8-aligned.
+                let w = unsafe { std::ptr::read_volatile(p as *const u64) };
+                out[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+                i += 8;
+            } else {
+                // SAFETY: p is inside the live, readable mapping.
+                out[i] = unsafe { std::ptr::read_volatile(p) };
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `data` to `offset` (volatile writes); refused on a read-only mapping.
+    pub fn write_at(&mut self, offset: usize, data: &[u8]) -> io::Result<()> {
+        let dst = self.writable_range(offset, data.len())?;
+        let mut i = 0;
+        while i < data.len() {
+            let p = dst.wrapping_add(i);
+            if p as usize % 8 == 0 && data.len() - i >= 8 {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&data[i..i + 8]);
+                // SAFETY: p..p+8 is inside the live, writable mapping
+                // (writable_range) and 8-aligned.
+                unsafe { std::ptr::write_volatile(p as *mut u64, u64::from_ne_bytes(w)) };
+                i += 8;
+            } else {
+                // SAFETY: p is inside the live, writable mapping.
+                unsafe { std::ptr::write_volatile(p, data[i]) };
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets every byte to `byte` (volatile writes); refused on a read-only mapping.
+    pub fn fill(&mut self, byte: u8) -> io::Result<()> {
+        let dst = self.writable_range(0, self.len)?;
+        let word = u64::from_ne_bytes([byte; 8]);
+        // mmap returns page-aligned addresses, so whole words from the start.
+        let words = self.len / 8;
+        for i in 0..words {
+            // SAFETY: word i lies inside the live, writable, page-aligned mapping.
+            unsafe { std::ptr::write_volatile((dst as *mut u64).add(i), word) };
+        }
+        for i in words * 8..self.len {
+            // SAFETY: i < len: inside the live, writable mapping.
+            unsafe { std::ptr::write_volatile(dst.add(i), byte) };
+        }
+        Ok(())
+    }
+
+    /// A copy of the whole mapping.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0; self.len];
+        self.read_at(0, &mut v)
+            .expect("the whole mapping is in range");
+        v
+    }
+
+    fn writable_range(&self, offset: usize, len: usize) -> io::Result<*mut u8> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the mapping is read-only (mapped for SyncDirection::Read)",
+            ));
+        }
+        self.range(offset, len)
+    }
+
+    /// The mapped bytes as a slice, without copying.
+    ///
+    /// # Safety
+    ///
+    /// While the slice lives, nothing may write the buffer: no other
+    /// mapping or handle of it in this process, no other process holding
+    /// it, no device. Rust cannot check that for memory other processes
+    /// share.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is mapped readable for the life of self;
+        // the caller vouches that nothing writes it while borrowed.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    /// Writable access; None for a read-only mapping (a write there would fault).
-    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+    /// The mapped bytes as a mutable slice, without copying; `None` for a
+    /// read-only mapping (a write there would fault).
+    ///
+    /// # Safety
+    ///
+    /// While the slice lives, nothing else may read or write the buffer: no
+    /// other mapping or handle of it in this process, no other process
+    /// holding it, no device.
+    pub unsafe fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         if !self.writable {
             return None;
         }
         // SAFETY: ptr..ptr+len is mapped read-write for the life of self,
-        // and &mut self gives exclusive access within this process.
+        // &mut self excludes this mapping's other accessors, and the caller
+        // vouches for everyone else.
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
     }
 }

@@ -27,6 +27,8 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 echo "== host tests"
 cargo test --all-targets
+# --all-targets leaves out doc-tests: the client's compile-fail and README examples.
+cargo test --doc
 
 echo "== real-kernel suite (QEMU)"
 tests/vm/run.sh
