@@ -20,15 +20,17 @@ apt_install() {
 # checkpolicy + m4 compile the sepolicy in tests/platform_files.rs;
 # systemd provides systemd-analyze, which verifies the systemd unit there.
 apt_install checkpolicy m4 systemd
+# The C API's test programs: the system C and C++ compilers and pkg-config.
+apt_install gcc g++ pkg-config
 
 echo "== lint"
-cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== host tests"
-cargo test --all-targets
+cargo test --workspace --all-targets
 # --all-targets leaves out doc-tests: the client's compile-fail and README examples.
-cargo test --doc
+cargo test --workspace --doc
 
 echo "== real-kernel suite (QEMU)"
 tests/vm/run.sh
