@@ -11,7 +11,7 @@ use rsbinder::{ExceptionCode, Status, Strong};
 use crate::aidl::vendor::dmabuf::{
     AllocationRequest::AllocationRequest, Buffer::Buffer, ErrorCode::ErrorCode, HeapInfo::HeapInfo,
     HeapKind::HeapKind, IDmaBufAllocator::IDmaBufAllocator, MemoryReport::MemoryReport,
-    ProcessMemory::ProcessMemory,
+    ProcessMemory::ProcessMemory, ReportCursor::ReportCursor,
 };
 use crate::sys::{self, BufferFdKind, Mapping, SyncDirection};
 use crate::transport;
@@ -108,6 +108,12 @@ impl From<Status> for Error {
             code,
             message,
         }
+    }
+}
+
+impl From<rsbinder::StatusCode> for Error {
+    fn from(s: rsbinder::StatusCode) -> Error {
+        Error::from(Status::from(s))
     }
 }
 
@@ -266,8 +272,63 @@ impl Allocator {
         self.conn.idempotent(|s| s.getProcessMemory(pid))
     }
 
+    /// The whole report, read page by page from one snapshot
+    /// (getMemoryReportPage), so it works whatever its size: one
+    /// getMemoryReport reply must fit in a binder transaction.
     pub fn memory_report(&self) -> Result<MemoryReport> {
-        self.conn.idempotent(|s| s.getMemoryReport())
+        // Sent again from the start after a reconnect: a new service has
+        // none of the old one's snapshots.
+        self.conn.idempotent(|s| {
+            let first = s.getMemoryReportPage(&ReportCursor::default())?;
+            let mut at = first.next;
+            let mut done = first.done;
+            let mut report = first.report;
+            while !done {
+                let page = s.getMemoryReportPage(&at)?;
+                let moved = (page.next.process, page.next.processBuffer, page.next.buffer)
+                    != (at.process, at.processBuffer, at.buffer);
+                if !moved && !page.done {
+                    return Err(Error::local(
+                        ExceptionCode::IllegalState,
+                        format!("getMemoryReportPage made no progress at {at:?}"),
+                    ));
+                }
+                // A process continued from the previous page: append its buffers.
+                for p in page.report.processes {
+                    match report.processes.last_mut() {
+                        Some(last) if last.pid == p.pid => last.buffers.extend(p.buffers),
+                        _ => report.processes.push(p),
+                    }
+                }
+                report.buffers.extend(page.report.buffers);
+                (at, done) = (page.next, page.done);
+            }
+            Ok(report)
+        })
+    }
+
+    /// The bytes of `dump(fd, args)`, read chunk by chunk from one rendering
+    /// (renderDumpChunk), for transports whose dump cannot carry an fd.
+    pub fn render_dump(&self, args: &[String]) -> Result<Vec<u8>> {
+        // Read again from the start after a reconnect (a new rendering).
+        self.conn.idempotent(|s| {
+            let mut out = Vec::new();
+            let mut id = 0;
+            loop {
+                let chunk = s.renderDumpChunk(args, id, out.len() as i64)?;
+                if chunk.data.is_empty() && !chunk.done {
+                    return Err(Error::local(
+                        ExceptionCode::IllegalState,
+                        format!("renderDumpChunk made no progress at offset {}", out.len()),
+                    ));
+                }
+                out.extend_from_slice(&chunk.data);
+                id = chunk.snapshotId;
+                if chunk.done {
+                    return Ok(out);
+                }
+            }
+        })
     }
 
     pub fn reset_high_water_mark(&self, pid: i32) -> Result<()> {

@@ -101,7 +101,11 @@ pub fn start_with(
         .map_err(|e| format!("no runtime for the background scanner: {e}"))?;
     let period = std::time::Duration::from_millis(allocator.config().service.scan_interval_ms);
     runtime.spawn(monitor.clone().run(period));
-    let service = DmaBufService::new(allocator.clone(), monitor);
+    // Kernel binder replies land in the caller's ~1 MiB binder buffer; RPC
+    // replies have no such bound.
+    let reply_limit =
+        matches!(transport, Transport::Kernel).then_some(crate::service::KERNEL_BINDER_REPLY_LIMIT);
+    let service = DmaBufService::new(allocator.clone(), monitor).with_reply_limit(reply_limit);
     let binder = BnDmaBufAllocator::new_binder(service.clone());
     let guard = match &transport {
         Transport::Kernel => transport::serve_kernel(binder.as_binder()).map(Serving::Kernel),

@@ -14,6 +14,7 @@ use crate::aidl::vendor::dmabuf::{
     AllocationRequest::AllocationRequest, Buffer::Buffer, DumpChunk::DumpChunk, HeapInfo::HeapInfo,
     HeapKind::HeapKind as AidlHeapKind, IDmaBufAllocator::IDmaBufAllocator,
     MemoryReport::MemoryReport, MemoryReportPage::MemoryReportPage, ProcessMemory::ProcessMemory,
+    ReportCursor::ReportCursor,
 };
 use crate::allocator::{Allocator, Caller, Request};
 use crate::error::{into_status, Error, Kind, Result};
@@ -60,7 +61,8 @@ impl DmaBufService {
             Some(limit) if bytes > limit => Err(Error::new(
                 Kind::ReportTooLarge,
                 format!(
-                    "{method}: the reply is {bytes} bytes, more than one binder transaction                      carries here ({limit}); read it with {paged}"
+                    "{method}: the reply is {bytes} bytes, more than one binder transaction \
+                     carries here ({limit}); read it with {paged}"
                 ),
             )),
             _ => Ok(()),
@@ -177,18 +179,11 @@ impl DmaBufService {
         Ok(r)
     }
 
-    fn memory_report_page(
-        &self,
-        c: Caller,
-        snapshot_id: i64,
-        process_offset: i32,
-        buffer_offset: i32,
-    ) -> Result<MemoryReportPage> {
+    fn memory_report_page(&self, c: Caller, from: &ReportCursor) -> Result<MemoryReportPage> {
         self.require_privileged(c, "getMemoryReportPage")?;
         self.snapshots.report_page(
             c.uid,
-            snapshot_id,
-            (process_offset, buffer_offset),
+            from,
             self.page_budget(),
             std::time::Instant::now(),
             || {
@@ -468,15 +463,8 @@ impl IDmaBufAllocator for DmaBufService {
         boundary("allocateBatch", |c| self.allocate_batch(c, request, count))
     }
 
-    fn getMemoryReportPage(
-        &self,
-        snapshot_id: i64,
-        process_offset: i32,
-        buffer_offset: i32,
-    ) -> BinderResult<MemoryReportPage> {
-        boundary("getMemoryReportPage", |c| {
-            self.memory_report_page(c, snapshot_id, process_offset, buffer_offset)
-        })
+    fn getMemoryReportPage(&self, from: &ReportCursor) -> BinderResult<MemoryReportPage> {
+        boundary("getMemoryReportPage", |c| self.memory_report_page(c, from))
     }
 
     fn renderDumpChunk(

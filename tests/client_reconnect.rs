@@ -54,13 +54,37 @@ fn an_allocation_made_after_a_restart_goes_to_the_new_service() {
     assert_eq!(a.heaps().unwrap()[0].bufferCount, 1);
 }
 
+/// SIGSTOP takes effect per thread, when each next runs: wait until every
+/// thread of `pid` is in state T.
+fn wait_until_every_thread_stopped(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let states: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .filter_map(|s| Some(s.rsplit(')').next()?.split_whitespace().next()?.to_string()))
+            .collect();
+        if !states.is_empty() && states.iter().all(|s| s == "T") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dmabufd never stopped: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The thread `tid` of this process has been asleep for `settle` without
 /// a break: blocked on the stopped service's reply.
 fn wait_until_blocked(tid: i32, settle: Duration) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut asleep_since: Option<Instant> = None;
     loop {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+            return; // the call ended without blocking: the caller sees how
+        };
         let state = stat.rsplit(')').next().unwrap().split_whitespace().next();
         if state == Some("S") {
             let since = *asleep_since.get_or_insert_with(Instant::now);
@@ -83,6 +107,7 @@ fn an_allocation_in_flight_when_the_service_dies_fails_with_service_restarted() 
     // A stopped service takes the request into its socket and never
     // answers: the call is certainly in flight when the service is killed.
     kill(Pid::from_raw(svc.pid()), Signal::SIGSTOP).unwrap();
+    wait_until_every_thread_stopped(svc.pid());
     let tid = Arc::new(AtomicI32::new(0));
     let call = {
         let (a, tid) = (a.clone(), tid.clone());

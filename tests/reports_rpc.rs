@@ -242,6 +242,11 @@ fn app_side_calls() {
             "renderDump(--proto)",
             outcome(s.renderDump(&["--proto".into()])),
         ),
+        (
+            "getMemoryReportPage",
+            outcome(s.getMemoryReportPage(&Default::default())),
+        ),
+        ("renderDumpChunk()", outcome(s.renderDumpChunk(&[], 0, 0))),
     ];
     // resetHighWaterMark(0) sent oneway: refused too (no reply to read).
     let binder = s.as_binder();
@@ -312,6 +317,8 @@ fn an_app_uid_may_read_only_its_own_figures() {
         "renderDump()",
         "renderDump(--pid victim)",
         "renderDump(--proto)",
+        "getMemoryReportPage",
+        "renderDumpChunk()",
     ] {
         let r = call(what);
         assert!(r.starts_with("Security "), "{what}: {r}");

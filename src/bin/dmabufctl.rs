@@ -145,10 +145,7 @@ fn alloc_cmd(a: &Allocator, args: &[String]) -> Result<(), String> {
 }
 
 fn dump(a: &Allocator, args: &[String]) -> Result<(), String> {
-    let bytes = a
-        .service()
-        .renderDump(args)
-        .map_err(|e| dmabufd::client::Error::from(e).to_string())?;
+    let bytes = a.render_dump(args).map_err(|e| e.to_string())?;
     std::io::stdout()
         .write_all(&bytes)
         .map_err(|e| e.to_string())

@@ -122,16 +122,17 @@ impl Connection {
     /// Runs a call that may safely run twice: when the connection is lost
     /// (before or during the call) it waits for the reconnect and sends the
     /// call once more.
-    pub fn idempotent<R>(
+    pub fn idempotent<R, E: Into<Error>>(
         &self,
-        f: impl Fn(&Strong<dyn IDmaBufAllocator>) -> std::result::Result<R, Status>,
+        f: impl Fn(&Strong<dyn IDmaBufAllocator>) -> std::result::Result<R, E>,
     ) -> Result<R> {
-        match self.helper.with(&f) {
-            Err(s) if is_transport_failure(&s) => {
-                self.wait_connected(&s)?;
-                self.helper.with(&f).map_err(|s| self.classify(s))
+        let call = |s: &Strong<dyn IDmaBufAllocator>| f(s).map_err(Into::into);
+        match self.helper.with(call) {
+            Err(e) if e.kind() == ErrorKind::Transport => {
+                self.wait_connected(e.message())?;
+                self.helper.with(call).map_err(|e| self.classify(e))
             }
-            r => r.map_err(Error::from),
+            r => r,
         }
     }
 
@@ -152,13 +153,13 @@ impl Connection {
         match self.helper.with(call) {
             Err(s) if is_transport_failure(&s) && sent.get().is_none() => {
                 // No connection when the call was made: nothing was sent.
-                self.wait_connected(&s)?;
+                self.wait_connected(&format!("{:?}", s.transaction_error()))?;
                 match self.helper.with(call) {
                     Err(s) if is_transport_failure(&s) => match sent.get() {
                         Some(gen) => Err(self.broke_during(what, gen, s)),
-                        None => Err(self.classify(s)),
+                        None => Err(self.classify(s.into())),
                     },
-                    r => r.map_err(|s| self.classify(s)),
+                    r => r.map_err(|s| self.classify(s.into())),
                 }
             }
             Err(s) if is_transport_failure(&s) => {
@@ -172,7 +173,7 @@ impl Connection {
     /// that connection was lost, wait for the service to come back and say
     /// so.
     fn broke_during(&self, what: &str, gen: u64, s: Status) -> Error {
-        if let Err(e) = self.wait_connected(&s) {
+        if let Err(e) = self.wait_connected(&format!("{:?}", s.transaction_error())) {
             return e;
         }
         if self.generation() == gen {
@@ -201,9 +202,9 @@ impl Connection {
         )
     }
 
-    /// Waits up to [`RECONNECT_WAIT`] for a connection; `cause` is the
-    /// failure that made the call wait.
-    fn wait_connected(&self, cause: &Status) -> Result<()> {
+    /// Waits up to [`RECONNECT_WAIT`] for a connection; `cause` says what
+    /// failed and made the call wait.
+    fn wait_connected(&self, cause: &str) -> Result<()> {
         match self.helper.wait_connected(Some(RECONNECT_WAIT)) {
             Ok(p) => {
                 *self.last.lock().unwrap_or_else(|e| e.into_inner()) = p;
@@ -213,9 +214,8 @@ impl Connection {
                 ErrorKind::Unavailable,
                 ExceptionCode::TransactionFailed,
                 format!(
-                    "dmabufd at {} is gone ({:?}) and did not come back within {} ms ({e:?})",
+                    "dmabufd at {} is gone ({cause}) and did not come back within {} ms ({e:?})",
                     self.target,
-                    cause.transaction_error(),
                     RECONNECT_WAIT.as_millis()
                 ),
             )),
@@ -224,19 +224,19 @@ impl Connection {
 
     /// A second failure after a reconnect: a transport failure now means
     /// the service is unavailable.
-    fn classify(&self, s: Status) -> Error {
-        if is_transport_failure(&s) {
+    fn classify(&self, e: Error) -> Error {
+        if e.kind() == ErrorKind::Transport {
             Error::new(
                 ErrorKind::Unavailable,
                 ExceptionCode::TransactionFailed,
                 format!(
-                    "dmabufd at {} failed the call again after reconnecting ({:?})",
+                    "dmabufd at {} failed the call again after reconnecting ({})",
                     self.target,
-                    s.transaction_error()
+                    e.message()
                 ),
             )
         } else {
-            Error::from(s)
+            e
         }
     }
 }

@@ -12,6 +12,7 @@ use rsbinder::{Deserialize, Parcel, Serialize};
 
 use crate::aidl::vendor::dmabuf::{
     DumpChunk::DumpChunk, MemoryReport::MemoryReport, MemoryReportPage::MemoryReportPage,
+    ProcessMemory::ProcessMemory, ReportCursor::ReportCursor,
 };
 use crate::error::{Error, Kind, Result};
 
@@ -128,45 +129,43 @@ impl Snapshots {
             })
     }
 
-    /// One page of a report snapshot: `snapshot_id` 0 stores `take()` as a
-    /// new one. Pages hold as many processes, then buffers, as fit in
-    /// `budget` bytes (at least one item, so every page makes progress).
+    /// One page of a report snapshot: a zero `from.snapshotId` stores
+    /// `take()` as a new one. Pages hold as many processes (split within a
+    /// process's buffers when needed), then buffers, as fit in `budget`
+    /// bytes, and at least one item, so every page makes progress.
     pub fn report_page(
         &self,
         uid: u32,
-        snapshot_id: i64,
-        offsets: (i32, i32),
+        from: &ReportCursor,
         budget: usize,
         now: Instant,
         take: impl FnOnce() -> Result<MemoryReport>,
     ) -> Result<MemoryReportPage> {
-        let (process_offset, buffer_offset) = offsets;
-        if process_offset < 0 || buffer_offset < 0 {
+        if from.process < 0 || from.processBuffer < 0 || from.buffer < 0 {
             return Err(Error::new(
                 Kind::IllegalArgument,
                 format!(
-                    "offsets ({process_offset}, {buffer_offset}): pass offsets >= 0, \
-                     from the previous page's nextProcessOffset/nextBufferOffset"
+                    "cursor ({}, {}, {}): pass indexes >= 0, from the previous page's next cursor",
+                    from.process, from.processBuffer, from.buffer
                 ),
             ));
         }
-        let (id, report) = if snapshot_id == 0 {
+        let (id, report) = if from.snapshotId == 0 {
             let r = Arc::new(take()?);
             (self.insert(uid, Content::Report(r.clone()), now), r)
         } else {
-            let r = self.find(uid, snapshot_id, now, |c| match c {
+            let r = self.find(uid, from.snapshotId, now, |c| match c {
                 Content::Report(r) => Some(r.clone()),
                 Content::Dump { .. } => None,
             })?;
-            (snapshot_id, r)
+            (from.snapshotId, r)
         };
-        Ok(page_of(
-            id,
-            &report,
-            process_offset as usize,
-            buffer_offset as usize,
-            budget,
-        ))
+        let at = Cursor {
+            process: from.process as usize,
+            process_buffer: from.processBuffer as usize,
+            buffer: from.buffer as usize,
+        };
+        Ok(page_of(id, &report, at, budget))
     }
 
     /// One chunk of a rendered dump: `snapshot_id` 0 stores `render()` as a
@@ -227,16 +226,39 @@ impl Snapshots {
     }
 }
 
-/// The page of `report` starting at the offsets: processes first, then
-/// buffers, within `budget` bytes.
-fn page_of(
-    id: i64,
-    report: &MemoryReport,
-    process_offset: usize,
-    buffer_offset: usize,
-    budget: usize,
-) -> MemoryReportPage {
-    let first = process_offset == 0 && buffer_offset == 0;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cursor {
+    process: usize,
+    process_buffer: usize,
+    buffer: usize,
+}
+
+/// A process's figures without its buffers: the head of each page's part
+/// of the process.
+fn process_head(p: &ProcessMemory) -> ProcessMemory {
+    ProcessMemory {
+        pid: p.pid,
+        uid: p.uid,
+        name: p.name.clone(),
+        rssBytes: p.rssBytes,
+        pssBytes: p.pssBytes,
+        hwmBytes: p.hwmBytes,
+        buffers: Vec::new(),
+        readable: p.readable,
+        error: p.error.clone(),
+    }
+}
+
+/// The page of `report` starting at `at`: processes first (a process's
+/// buffers split across pages when they do not fit), then buffers, within
+/// `budget` bytes.
+fn page_of(id: i64, report: &MemoryReport, mut at: Cursor, budget: usize) -> MemoryReportPage {
+    let first = at
+        == Cursor {
+            process: 0,
+            process_buffer: 0,
+            buffer: 0,
+        };
     let mut page = MemoryReport {
         timestampMs: report.timestampMs,
         totalCount: report.totalCount,
@@ -254,45 +276,69 @@ fn page_of(
         }
     }
     let mut used = parcel_size(&page);
-    let mut p = process_offset.min(report.processes.len());
-    let mut b = buffer_offset.min(report.buffers.len());
     let mut taken = 0usize;
-    while p < report.processes.len() {
-        let Some((item, size)) = parcel_copy(&report.processes[p]) else {
-            p += 1;
-            continue;
-        };
-        if taken > 0 && used + size > budget {
+    let fits = |used: usize, size: usize, taken: usize| taken == 0 || used + size <= budget;
+    'processes: while at.process < report.processes.len() {
+        let p = &report.processes[at.process];
+        let mut part = process_head(p);
+        let head = parcel_size(&part);
+        if !fits(used, head, taken) {
             break;
         }
-        page.processes.push(item);
-        used += size;
+        used += head;
         taken += 1;
-        p += 1;
-    }
-    if p == report.processes.len() {
-        while b < report.buffers.len() {
-            let Some((item, size)) = parcel_copy(&report.buffers[b]) else {
-                b += 1;
+        while at.process_buffer < p.buffers.len() {
+            let Some((r, size)) = parcel_copy(&p.buffers[at.process_buffer]) else {
+                at.process_buffer += 1;
                 continue;
             };
-            if taken > 0 && used + size > budget {
+            // A page that starts with this process takes at least one of
+            // its buffers, so every page makes progress.
+            let must = page.processes.is_empty() && part.buffers.is_empty();
+            if !must && used + size > budget {
+                // A head without any of its remaining buffers would only
+                // repeat on the next page.
+                if !part.buffers.is_empty() {
+                    page.processes.push(part);
+                }
+                break 'processes;
+            }
+            part.buffers.push(r);
+            used += size;
+            taken += 1;
+            at.process_buffer += 1;
+        }
+        page.processes.push(part);
+        at.process += 1;
+        at.process_buffer = 0;
+    }
+    if at.process >= report.processes.len() {
+        while at.buffer < report.buffers.len() {
+            let Some((item, size)) = parcel_copy(&report.buffers[at.buffer]) else {
+                at.buffer += 1;
+                continue;
+            };
+            if !fits(used, size, taken) {
                 break;
             }
             page.buffers.push(item);
             used += size;
             taken += 1;
-            b += 1;
+            at.buffer += 1;
         }
     }
-    let done = p == report.processes.len() && b == report.buffers.len();
+    let done = at.process >= report.processes.len() && at.buffer >= report.buffers.len();
+    let i32_of = |v: usize| v.min(i32::MAX as usize) as i32;
     MemoryReportPage {
-        snapshotId: id,
         report: page,
-        processCount: report.processes.len().min(i32::MAX as usize) as i32,
-        bufferCount: report.buffers.len().min(i32::MAX as usize) as i32,
-        nextProcessOffset: p.min(i32::MAX as usize) as i32,
-        nextBufferOffset: b.min(i32::MAX as usize) as i32,
+        processCount: i32_of(report.processes.len()),
+        bufferCount: i32_of(report.buffers.len()),
+        next: ReportCursor {
+            snapshotId: id,
+            process: i32_of(at.process),
+            processBuffer: i32_of(at.process_buffer),
+            buffer: i32_of(at.buffer),
+        },
         done,
     }
 }
@@ -301,20 +347,28 @@ fn page_of(
 mod tests {
     use super::*;
     use crate::aidl::vendor::dmabuf::{
-        BufferInfo::BufferInfo, HeapTotal::HeapTotal, ProcessMemory::ProcessMemory,
+        BufferInfo::BufferInfo, BufferRef::BufferRef, HeapTotal::HeapTotal,
     };
 
     fn copy<T: Serialize + Deserialize>(v: &T) -> T {
         parcel_copy(v).unwrap().0
     }
 
-    fn report(processes: usize, buffers: usize) -> MemoryReport {
+    /// `processes` processes holding `refs` buffers each, and `buffers` buffers.
+    fn report(processes: usize, refs: usize, buffers: usize) -> MemoryReport {
         MemoryReport {
             timestampMs: 7,
             processes: (0..processes)
                 .map(|i| ProcessMemory {
                     pid: i as i32 + 1,
                     name: format!("proc-{i}"),
+                    rssBytes: 4096 * refs as i64,
+                    buffers: (0..refs)
+                        .map(|j| BufferRef {
+                            inode: j as i64 + 100,
+                            ..Default::default()
+                        })
+                        .collect(),
                     ..Default::default()
                 })
                 .collect(),
@@ -336,18 +390,22 @@ mod tests {
         }
     }
 
-    /// Reads every page and checks each one's size and the reassembly.
+    fn start() -> ReportCursor {
+        ReportCursor::default()
+    }
+
+    /// Reads every page, checks each one's size, and reassembles the report
+    /// the way a client does (a continued process appends to the last one).
     fn read_all(s: &Snapshots, r: &MemoryReport, budget: usize) -> (usize, MemoryReport) {
         let now = Instant::now();
-        let mut id = 0;
-        let (mut po, mut bo) = (0, 0);
+        let mut at = start();
         let mut all = MemoryReport::default();
         let mut pages = 0;
         loop {
-            let page = s
-                .report_page(10, id, (po, bo), budget, now, || Ok(copy(r)))
-                .unwrap();
-            assert!(parcel_size(&page) <= budget + 256, "page over budget");
+            let page = s.report_page(10, &at, budget, now, || Ok(copy(r))).unwrap();
+            // Items are at least one per page; beyond that the budget holds.
+            let size = parcel_size(&page);
+            assert!(size <= budget + 512, "page of {size} over budget {budget}");
             if pages == 0 {
                 all.heapTotals = copy(&page.report.heapTotals);
             } else {
@@ -355,32 +413,51 @@ mod tests {
                     page.report.heapTotals.is_empty(),
                     "totals on the first page only"
                 );
+                assert_eq!(page.next.snapshotId, at.snapshotId);
             }
             assert_eq!(page.report.totalCount, r.totalCount);
-            all.processes.extend(page.report.processes.iter().map(copy));
+            for p in page.report.processes.iter().map(copy) {
+                match all.processes.last_mut() {
+                    Some(last) if last.pid == p.pid => last.buffers.extend(p.buffers),
+                    _ => all.processes.push(p),
+                }
+            }
             all.buffers.extend(page.report.buffers.iter().map(copy));
-            id = page.snapshotId;
-            (po, bo) = (page.nextProcessOffset, page.nextBufferOffset);
+            assert_ne!(
+                (page.next.process, page.next.processBuffer, page.next.buffer),
+                (at.process, at.processBuffer, at.buffer),
+                "no progress"
+            );
+            at = copy(&page.next);
             pages += 1;
             if page.done {
-                assert_eq!((po, bo), (page.processCount, page.bufferCount));
+                assert_eq!(
+                    (at.process, at.buffer),
+                    (page.processCount, page.bufferCount)
+                );
                 break;
             }
-            assert!(pages < 10_000, "no progress");
         }
         (pages, all)
+    }
+
+    fn shape(r: &MemoryReport) -> (Vec<(i32, Vec<i64>)>, Vec<i64>) {
+        (
+            r.processes
+                .iter()
+                .map(|p| (p.pid, p.buffers.iter().map(|b| b.inode).collect()))
+                .collect(),
+            r.buffers.iter().map(|b| b.inode).collect(),
+        )
     }
 
     #[test]
     fn pages_reassemble_the_whole_snapshot_within_the_budget() {
         let s = Snapshots::new();
-        let r = report(40, 500);
+        let r = report(40, 3, 500);
         let (pages, all) = read_all(&s, &r, 4096);
         assert!(pages > 5, "{pages} pages for ~20 KB at 4 KiB each");
-        let pids = |r: &MemoryReport| r.processes.iter().map(|p| p.pid).collect::<Vec<_>>();
-        let inodes = |r: &MemoryReport| r.buffers.iter().map(|b| b.inode).collect::<Vec<_>>();
-        assert_eq!(pids(&all), pids(&r));
-        assert_eq!(inodes(&all), inodes(&r));
+        assert_eq!(shape(&all), shape(&r));
         assert_eq!(all.heapTotals.len(), 1);
         assert_eq!(all.heapTotals[0].bytes, r.heapTotals[0].bytes);
         // A budget larger than the report: one page.
@@ -388,28 +465,34 @@ mod tests {
     }
 
     #[test]
+    fn a_process_with_more_buffers_than_a_page_holds_continues_on_the_next() {
+        let s = Snapshots::new();
+        // One process holding 5000 buffers: ~100 KB of references.
+        let r = report(3, 5000, 10);
+        let (pages, all) = read_all(&s, &r, 8192);
+        assert!(pages > 10, "{pages}");
+        assert_eq!(shape(&all), shape(&r));
+        assert_eq!(all.processes[1].rssBytes, 4096 * 5000);
+        // Even a budget smaller than one reference makes progress.
+        let (_, tiny) = read_all(&s, &report(2, 20, 3), 1);
+        assert_eq!(shape(&tiny), shape(&report(2, 20, 3)));
+    }
+
+    #[test]
     fn later_pages_come_from_the_first_snapshot_not_a_new_one() {
         let s = Snapshots::new();
         let now = Instant::now();
         let first = s
-            .report_page(10, 0, (0, 0), 2048, now, || Ok(report(3, 100)))
+            .report_page(10, &start(), 2048, now, || Ok(report(3, 1, 100)))
             .unwrap();
         assert!(!first.done);
         let next = s
-            .report_page(
-                10,
-                first.snapshotId,
-                (first.nextProcessOffset, first.nextBufferOffset),
-                2048,
-                now,
-                || panic!("a continuation must not take a new snapshot"),
-            )
+            .report_page(10, &first.next, 2048, now, || {
+                panic!("a continuation must not take a new snapshot")
+            })
             .unwrap();
         assert_eq!(next.bufferCount, 100);
-        assert_eq!(
-            next.report.buffers[0].inode,
-            100 + first.nextBufferOffset as i64
-        );
+        assert_eq!(next.report.buffers[0].inode, 100 + first.next.buffer as i64);
     }
 
     #[test]
@@ -417,11 +500,17 @@ mod tests {
         let s = Snapshots::new();
         let now = Instant::now();
         let id = s
-            .report_page(10, 0, (0, 0), 2048, now, || Ok(report(3, 100)))
+            .report_page(10, &start(), 2048, now, || Ok(report(3, 1, 100)))
             .unwrap()
+            .next
             .snapshotId;
-        let stale = |uid, id, at| {
-            s.report_page(uid, id, (0, 1), 2048, at, || Ok(report(0, 0)))
+        let at = |snapshot_id, buffer| ReportCursor {
+            snapshotId: snapshot_id,
+            buffer,
+            ..Default::default()
+        };
+        let stale = |uid, id, when| {
+            s.report_page(uid, &at(id, 1), 2048, when, || Ok(report(0, 0, 0)))
                 .unwrap_err()
                 .kind
         };
@@ -429,7 +518,7 @@ mod tests {
         assert_eq!(stale(10, id + 1, now), Kind::StaleSnapshot);
         assert_eq!(stale(10, id, now + SNAPSHOT_TTL), Kind::StaleSnapshot);
         let e = s
-            .report_page(10, id, (-1, 0), 2048, now, || Ok(report(0, 0)))
+            .report_page(10, &at(id, -1), 2048, now, || Ok(report(0, 0, 0)))
             .unwrap_err();
         assert_eq!(e.kind, Kind::IllegalArgument);
     }
@@ -439,16 +528,22 @@ mod tests {
         let s = Snapshots::new();
         let now = Instant::now();
         let take = |uid| {
-            s.report_page(uid, 0, (0, 0), 64, now, || Ok(report(1, 5)))
+            s.report_page(uid, &start(), 64, now, || Ok(report(1, 1, 5)))
                 .unwrap()
+                .next
                 .snapshotId
         };
         let a = take(10);
         let _b = take(10);
         let _c = take(10);
         // The uid's oldest went when its third arrived.
+        let again = ReportCursor {
+            snapshotId: a,
+            buffer: 1,
+            ..Default::default()
+        };
         let e = s
-            .report_page(10, a, (0, 1), 64, now, || Ok(report(0, 0)))
+            .report_page(10, &again, 64, now, || Ok(report(0, 0, 0)))
             .unwrap_err();
         assert_eq!(e.kind, Kind::StaleSnapshot);
         for uid in 100..100 + SNAPSHOTS_TOTAL as u32 * 2 {

@@ -19,6 +19,9 @@ mode=$(sed -n 's/.*vm_mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
 service=$(sed -n 's/.*vm_service=\([a-z-]*\).*/\1/p' /proc/cmdline)
 # run.sh --only=A,B: case-name filters for vts.
 only=$(sed -n 's/.*vm_only=\([A-Za-z0-9_,]*\).*/\1/p' /proc/cmdline | tr , ' ')
+# run.sh --fuzz-count=N: the fuzz case's transaction count.
+fuzz_count=$(sed -n 's/.*vm_fuzz_count=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$fuzz_count" ]; then export DMABUFD_FUZZ_COUNT="$fuzz_count"; fi
 SERVICE_NAME=vendor.dmabuf.IDmaBufAllocator/default
 
 say() { echo "vm: $*"; }

@@ -7,6 +7,8 @@
 #   tests/vm/run.sh --bench   run the benchmark instead (vts --bench)
 #   tests/vm/run.sh --shell   interactive busybox shell with rsb_hub and dmabufd up
 #   --only=A,B                run only the cases whose names contain A or B
+#   --fuzz-count=N            transactions of the kernel binder fuzz case (default 10000;
+#                             the long form is --only=fuzz --fuzz-count=100000)
 #   --keep                    keep the initramfs tree, image and console log
 #   --stand-in                (harness bring-up) serve with vts's refusing stand-in, not dmabufd
 #
@@ -18,6 +20,7 @@ mode=suite
 keep=0
 service=dmabufd
 only=
+fuzz_count=
 for arg in "$@"; do
     case "$arg" in
         --shell) mode=shell ;;
@@ -26,6 +29,10 @@ for arg in "$@"; do
         --only=*)
             only=${arg#--only=}
             case "$only" in *[!A-Za-z0-9_,]*) echo "run.sh: --only takes case-name words and commas: $only" >&2; exit 2 ;; esac
+            ;;
+        --fuzz-count=*)
+            fuzz_count=${arg#--fuzz-count=}
+            case "$fuzz_count" in '' | *[!0-9]*) echo "run.sh: --fuzz-count takes a number: $fuzz_count" >&2; exit 2 ;; esac
             ;;
         # Harness bring-up: serve with the suite's minimal stand-in instead of dmabufd.
         --stand-in) service=stand-in ;;
@@ -256,6 +263,7 @@ qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "$vm_mem" -smp 2 -no-reboot -nic
     -kernel "$kernel_dir/vmlinuz" -initrd "$image")
 cmdline="console=ttyS0 quiet panic=-1 vm_mode=$mode vm_service=$service"
 [ -n "$only" ] && cmdline="$cmdline vm_only=$only"
+[ -n "$fuzz_count" ] && cmdline="$cmdline vm_fuzz_count=$fuzz_count"
 
 if [ "$mode" = shell ]; then
     log "booting to a shell; 'poweroff -f' (or Ctrl-A x) leaves"

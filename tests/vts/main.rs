@@ -10,8 +10,15 @@
 mod app;
 mod bench;
 mod cases;
+// The host fuzzer's engine; the guest has no corpus files (it encodes the
+// same seeds), so their loader is unused here.
+#[allow(dead_code)]
+#[path = "../common/fuzz.rs"]
+mod fuzz;
 mod harness;
 mod proc_scan;
+#[path = "../common/rng.rs"]
+mod rng;
 mod scan_bench;
 mod stand_in;
 mod support;

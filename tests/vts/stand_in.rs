@@ -14,6 +14,7 @@ use dmabufd::aidl::vendor::dmabuf::{
     MemoryReport::MemoryReport,
     MemoryReportPage::MemoryReportPage,
     ProcessMemory::ProcessMemory,
+    ReportCursor::ReportCursor,
 };
 use rsbinder::{ExceptionCode, SIBinder, Status};
 
@@ -61,9 +62,7 @@ impl IDmaBufAllocator for Refuser {
     }
     fn r#getMemoryReportPage(
         &self,
-        _snapshot_id: i64,
-        _process_offset: i32,
-        _buffer_offset: i32,
+        _from: &ReportCursor,
     ) -> rsbinder::BinderResult<MemoryReportPage> {
         refused()
     }

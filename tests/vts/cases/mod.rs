@@ -8,8 +8,10 @@ mod alloc;
 mod bpf;
 mod errors;
 mod exact;
+mod fuzz;
 mod isolation;
 pub mod lifecycle;
+mod paging;
 mod reports;
 mod stress;
 
@@ -22,6 +24,9 @@ pub fn all() -> Vec<Case> {
     cases.extend(errors::cases());
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
+    cases.extend(paging::cases());
+    cases.extend(errors::coverage_cases());
+    cases.extend(fuzz::cases());
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());

@@ -28,6 +28,7 @@ import vendor.dmabuf.HeapInfo;
 import vendor.dmabuf.MemoryReport;
 import vendor.dmabuf.MemoryReportPage;
 import vendor.dmabuf.ProcessMemory;
+import vendor.dmabuf.ReportCursor;
 
 /**
  * The allocator service. It alone opens the DMA-BUF heap devices; apps get
@@ -80,12 +81,12 @@ interface IDmaBufAllocator {
 
     /**
      * One page of the memory report, for systems whose whole report does not
-     * fit in one binder transaction. snapshotId 0 takes a new snapshot; pass
-     * the returned snapshotId and next offsets to read the rest of the same
-     * snapshot. Snapshots expire (ErrorCode.STALE_SNAPSHOT). Privileged.
+     * fit in one binder transaction. A zero cursor takes a new snapshot; pass
+     * each page's next cursor to read the rest of the same snapshot.
+     * Snapshots expire (ErrorCode.STALE_SNAPSHOT). Privileged.
      * @since 2
      */
-    MemoryReportPage getMemoryReportPage(long snapshotId, int processOffset, int bufferOffset);
+    MemoryReportPage getMemoryReportPage(in ReportCursor from);
 
     /**
      * A chunk of the bytes renderDump(args) would return, for dumps larger
