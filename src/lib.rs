@@ -1,11 +1,10 @@
 //! dmabufd: a DMA-BUF allocator HAL service over binder, with per-buffer
 //! accounting (owner, heap, size, name) and per-process memory reports.
 
-pub mod aidl {
-    //! Stubs generated from aidl/vendor/dmabuf.
-    #![allow(clippy::all, non_snake_case, non_camel_case_types, unused)]
-    rsbinder::include_aidl!("vendor_dmabuf");
-}
+/// Stubs generated from aidl/vendor/dmabuf (crates/dmabufd-aidl).
+pub use dmabufd_aidl as aidl;
+/// The client library (crates/dmabufd-client).
+pub use dmabufd_client as client;
 
 pub mod proto {
     //! Protobuf types of the `dump --proto` report (proto/dmabuf_report.proto).
@@ -14,11 +13,10 @@ pub mod proto {
 }
 
 /// The instance name registered with the service manager (and the RPC name).
-pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
+pub use dmabufd_client::SERVICE_NAME;
 
 pub mod accounting;
 pub mod allocator;
-pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;

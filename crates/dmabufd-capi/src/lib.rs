@@ -18,7 +18,7 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use dmabufd::client::{Allocator, DmaBuffer, Error, ErrorKind};
+use ::dmabufd_client::{Allocator, DmaBuffer, Error, ErrorKind};
 
 /// Success.
 pub const DMABUFD_OK: c_int = 0;
@@ -398,7 +398,7 @@ mod tests {
     /// The AIDL ErrorCode values are the C codes, one for one.
     #[test]
     fn refusal_codes_are_the_aidl_values() {
-        use dmabufd::aidl::vendor::dmabuf::ErrorCode::ErrorCode as E;
+        use ::dmabufd_client::aidl::vendor::dmabuf::ErrorCode::ErrorCode as E;
         for (c, e) in [
             (DMABUFD_UNKNOWN_HEAP, E::UNKNOWN_HEAP),
             (DMABUFD_INVALID_SIZE, E::INVALID_SIZE),
@@ -413,7 +413,7 @@ mod tests {
             assert_eq!(c, e.0);
             // SAFETY: dmabufd_error_name returns a static C string.
             let name = unsafe { CStr::from_ptr(dmabufd_error_name(c)) };
-            assert_eq!(name.to_str().unwrap(), dmabufd::client::error_code_name(e));
+            assert_eq!(name.to_str().unwrap(), ::dmabufd_client::error_code_name(e));
         }
     }
 

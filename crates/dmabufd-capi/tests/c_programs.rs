@@ -52,7 +52,7 @@ impl Service {
             .spawn()
             .expect("spawn dmabufd");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while dmabufd::client::Allocator::connect_rpc(&socket).is_err() {
+        while dmabufd_client::Allocator::connect_rpc(&socket).is_err() {
             assert!(Instant::now() < deadline, "dmabufd did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }

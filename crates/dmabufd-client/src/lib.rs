@@ -1,5 +1,6 @@
 //! The client library apps link: connect to the allocator, allocate named
 //! buffers, and use them safely (RAII mappings with CPU-access sync guards).
+//! It depends on rsbinder (without tokio), nix and the generated stubs only.
 
 use std::fmt;
 use std::io;
@@ -8,13 +9,17 @@ use std::path::{Path, PathBuf};
 
 use rsbinder::{ExceptionCode, Status, Strong};
 
+pub use dmabufd_aidl as aidl;
+
+pub mod sys;
+pub mod transport;
+
 use crate::aidl::vendor::dmabuf::{
     AllocationRequest::AllocationRequest, Buffer::Buffer, ErrorCode::ErrorCode, HeapInfo::HeapInfo,
     HeapKind::HeapKind, IDmaBufAllocator::IDmaBufAllocator, MemoryReport::MemoryReport,
     ProcessMemory::ProcessMemory, ReportCursor::ReportCursor,
 };
-use crate::sys::{self, BufferFdKind, Mapping, SyncDirection};
-use crate::transport;
+use crate::sys::{BufferFdKind, Mapping, SyncDirection};
 
 mod connection;
 use connection::Connection;
@@ -466,8 +471,7 @@ impl DmaBuffer {
                 "renaming needs a dma-buf; memfd heap buffers keep their name",
             ));
         }
-        crate::allocator::validate_name(name)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.message))?;
+        check_name(name)?;
         sys::dma_buf_set_name(self.fd(), name)
     }
 
@@ -478,8 +482,8 @@ impl DmaBuffer {
     /// after the other is fine:
     ///
     /// ```no_run
-    /// # use dmabufd::client::DmaBuffer;
-    /// # use dmabufd::sys::SyncDirection;
+    /// # use dmabufd_client::DmaBuffer;
+    /// # use dmabufd_client::sys::SyncDirection;
     /// fn in_turn(buf: &mut DmaBuffer) {
     ///     let mut a = buf.map(SyncDirection::Write).unwrap();
     ///     a.fill(1).unwrap();
@@ -492,8 +496,8 @@ impl DmaBuffer {
     /// two at once do not compile (E0499, two mutable borrows):
     ///
     /// ```compile_fail,E0499
-    /// # use dmabufd::client::DmaBuffer;
-    /// # use dmabufd::sys::SyncDirection;
+    /// # use dmabufd_client::DmaBuffer;
+    /// # use dmabufd_client::sys::SyncDirection;
     /// fn twice(buf: &mut DmaBuffer) {
     ///     let mut a = buf.map(SyncDirection::Write).unwrap();
     ///     let b = buf.map(SyncDirection::Read).unwrap(); // second &mut borrow
@@ -502,11 +506,21 @@ impl DmaBuffer {
     /// }
     /// ```
     ///
-    /// and a mapping cannot outlive its buffer (E0515):
+    /// and a mapping cannot outlive its buffer (E0515) — it lives as long
+    /// as the borrow of the handle:
+    ///
+    /// ```no_run
+    /// # use dmabufd_client::{DmaBuffer, MappedBuffer};
+    /// # use dmabufd_client::sys::SyncDirection;
+    /// fn borrowed(buf: &mut DmaBuffer) -> MappedBuffer<'_> {
+    ///     buf.map(SyncDirection::Read).unwrap()
+    /// }
+    /// ```
+    ///
     ///
     /// ```compile_fail,E0515
-    /// # use dmabufd::client::{DmaBuffer, MappedBuffer};
-    /// # use dmabufd::sys::SyncDirection;
+    /// # use dmabufd_client::{DmaBuffer, MappedBuffer};
+    /// # use dmabufd_client::sys::SyncDirection;
     /// fn outlive(mut buf: DmaBuffer) -> MappedBuffer<'static> {
     ///     buf.map(SyncDirection::Read).unwrap() // borrows the local buf
     /// }
@@ -650,17 +664,68 @@ impl Drop for MappedBuffer<'_> {
     }
 }
 
-/// This process's fdinfo of `fd`, parsed the way the scanner parses others'.
-fn fdinfo(fd: BorrowedFd<'_>) -> Option<crate::procfs::FdInfo> {
+/// What this process's fdinfo of a dma-buf says about it.
+#[derive(Default)]
+struct FdInfo {
+    exporter: Option<String>,
+    name: Option<String>,
+}
+
+/// This process's fdinfo of `fd`, read as the service's scanner reads
+/// others': the first `exp_name:` wins, and `name:` runs to the end (a
+/// name may hold anything, so nothing after it is a field).
+fn fdinfo(fd: BorrowedFd<'_>) -> Option<FdInfo> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    Some(crate::procfs::parse_fdinfo(&text))
+    let mut info = FdInfo::default();
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if let Some(v) = line.strip_prefix("exp_name:") {
+            info.exporter.get_or_insert_with(|| v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("name:") {
+            let rest: String = text.split_inclusive('\n').skip(i + 1).collect();
+            let name = format!("{v}{rest}");
+            let name = name.strip_prefix('\t').unwrap_or(&name);
+            info.name = Some(name.strip_suffix('\n').unwrap_or(name).to_string());
+            break;
+        }
+    }
+    Some(info)
+}
+
+/// The instance name registered with the service manager (and the RPC name).
+pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
+
+/// Checks a buffer name as the service does: at most
+/// [`sys::DMA_BUF_NAME_MAX`] bytes, no control characters.
+fn check_name(name: &str) -> io::Result<()> {
+    let bad = |m: String| Err(io::Error::new(io::ErrorKind::InvalidInput, m));
+    if name.len() > sys::DMA_BUF_NAME_MAX {
+        return bad(format!(
+            "name {name:?} is {} bytes; at most {} bytes are allowed",
+            name.len(),
+            sys::DMA_BUF_NAME_MAX
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return bad(format!(
+            "name {name:?} contains control character {:#04x}; only printable characters are allowed",
+            c as u32
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heap::memfd::sealed_memfd;
-    use nix::fcntl::SealFlag;
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+
+    fn sealed_memfd(name: &str, size: u64, seals: SealFlag) -> io::Result<OwnedFd> {
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+        nix::unistd::ftruncate(fd.as_fd(), size as i64)?;
+        fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+        Ok(fd)
+    }
 
     fn refusal(fd: OwnedFd) -> io::Error {
         DmaBuffer::from_owned_fd(fd).expect_err("not a buffer")
