@@ -208,11 +208,6 @@ int main(int argc, char **argv) {
     CHECK(rc == DMABUFD_OK, "fourth buffer within the quota: %s", dmabufd_last_error());
     expect_refusal(c, "fifth buffer", "system", 4096, "x", 0, DMABUFD_QUOTA_EXCEEDED);
     close(fourth);
-    fourth = -1;
-    rc = dmabufd_alloc(c, "system", 4096, "c-again", 0, &fourth, NULL);
-    CHECK(rc == DMABUFD_OK, "freed buffers stop counting: %s", dmabufd_last_error());
-
-    close(fourth);
     close(fds[0]);
     close(fds[1]);
     close(fd);
