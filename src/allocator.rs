@@ -46,6 +46,8 @@ pub struct Allocation {
     pub inode: u64,
     pub size: u64,
     pub heap: String,
+    /// The kind of heap that served it (a dma-buf, or a memfd).
+    pub kind: HeapKind,
     pub name: String,
 }
 
@@ -455,6 +457,7 @@ impl Allocator {
             inode,
             size,
             heap: heap.name().to_string(),
+            kind: heap.kind(),
             name: name.to_string(),
         })
     }

@@ -43,6 +43,36 @@ pub struct Config {
     pub aliases: BTreeMap<String, String>,
     pub quota: QuotaConfig,
     pub rpc: RpcConfig,
+    pub memtrack: MemtrackConfig,
+}
+
+/// The memtrack HAL (`[memtrack]`): whether the service also serves
+/// `android.hardware.memtrack.IMemtrack/default`, and which buffers count as
+/// CAMERA and MULTIMEDIA instead of GRAPHICS (see `crate::memtrack`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemtrackConfig {
+    /// Serve IMemtrack (default true). A device whose GPU driver ships its
+    /// own memtrack sets false: there is one `IMemtrack/default`.
+    pub enabled: bool,
+    /// Heap or alias names whose buffers are CAMERA (default `["camera"]`).
+    pub camera: Vec<String>,
+    /// Heap or alias names whose buffers are MULTIMEDIA (default `["multimedia"]`).
+    pub multimedia: Vec<String>,
+    /// getMemory answers from a scan that started at most this long before
+    /// the call (default 1000 ms), so `dumpsys meminfo` asking for every
+    /// process costs one scan, not one per process; 0 scans for every call.
+    pub max_age_ms: u64,
+}
+
+impl Default for MemtrackConfig {
+    fn default() -> Self {
+        MemtrackConfig {
+            enabled: true,
+            camera: vec!["camera".into()],
+            multimedia: vec!["multimedia".into()],
+            max_age_ms: 1000,
+        }
+    }
 }
 
 /// Limits on the RPC socket (the Unix-socket transport; kernel binder has
@@ -148,6 +178,7 @@ impl Default for Config {
                 per_uid: BTreeMap::new(),
             },
             rpc: RpcConfig::default(),
+            memtrack: MemtrackConfig::default(),
         }
     }
 }
@@ -313,6 +344,19 @@ impl Config {
             d.idle_timeout_ms = r.idle_timeout_ms.unwrap_or(d.idle_timeout_ms);
         }
         c.rpc.check()?;
+        if let Some(m) = raw.memtrack {
+            let d = &mut c.memtrack;
+            d.enabled = m.enabled.unwrap_or(d.enabled);
+            d.camera = m.camera.unwrap_or_else(|| d.camera.clone());
+            d.multimedia = m.multimedia.unwrap_or_else(|| d.multimedia.clone());
+            d.max_age_ms = m.max_age_ms.unwrap_or(d.max_age_ms);
+            if let Some(both) = d.camera.iter().find(|n| d.multimedia.contains(n)) {
+                return Err(ConfigError(format!(
+                    "memtrack: {both:?} is in both camera and multimedia; memtrack types must \
+                     not overlap, so a name may be in one list only"
+                )));
+            }
+        }
         Ok(c)
     }
 
@@ -422,6 +466,16 @@ struct RawConfig {
     aliases: Option<BTreeMap<String, String>>,
     quota: Option<RawQuota>,
     rpc: Option<RawRpc>,
+    memtrack: Option<RawMemtrack>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemtrack {
+    enabled: Option<bool>,
+    camera: Option<Vec<String>>,
+    multimedia: Option<Vec<String>>,
+    max_age_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -473,6 +527,25 @@ struct RawUidQuota {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memtrack_defaults_and_overlap_is_refused() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.memtrack, MemtrackConfig::default());
+        assert!(c.memtrack.enabled);
+        let c = Config::parse(
+            "[memtrack]\nenabled = false\ncamera = [\"cam\", \"isp\"]\nmultimedia = []\nmax_age_ms = 0\n",
+        )
+        .unwrap();
+        assert!(!c.memtrack.enabled);
+        assert_eq!(c.memtrack.camera, ["cam", "isp"]);
+        assert!(c.memtrack.multimedia.is_empty());
+        assert_eq!(c.memtrack.max_age_ms, 0);
+        let e = Config::parse("[memtrack]\ncamera = [\"x\"]\nmultimedia = [\"x\"]\n").unwrap_err();
+        assert!(e.0.contains("\"x\" is in both"), "{e}");
+        let e = Config::parse("[memtrack]\nenable = true\n").unwrap_err();
+        assert!(e.0.contains("enable"), "{e}");
+    }
 
     #[test]
     fn sizes() {

@@ -105,7 +105,12 @@ pub fn start_with(
     // replies have no such bound.
     let reply_limit =
         matches!(transport, Transport::Kernel).then_some(crate::service::KERNEL_BINDER_REPLY_LIMIT);
-    let service = DmaBufService::new(allocator.clone(), monitor).with_reply_limit(reply_limit);
+    let mut service =
+        DmaBufService::new(allocator.clone(), monitor.clone()).with_reply_limit(reply_limit);
+    let memtrack = memtrack_binder(allocator.config(), &monitor);
+    if let Some((classes, _)) = &memtrack {
+        service = service.with_memtrack_classes(classes.clone());
+    }
     let binder = BnDmaBufAllocator::new_binder(service.clone());
     let guard = match &transport {
         Transport::Kernel => transport::serve_kernel(binder.as_binder()).map(Serving::Kernel),
@@ -113,10 +118,30 @@ pub fn start_with(
             let c = allocator.config();
             let mut privileged = c.service.privileged_uids.clone();
             privileged.push(0);
-            transport::serve_rpc(p, binder.as_binder(), &c.rpc, privileged).map(Serving::Rpc)
+            let extra: Vec<_> = memtrack
+                .iter()
+                .map(|(_, b)| (crate::MEMTRACK_SERVICE_NAME, b.clone()))
+                .collect();
+            transport::serve_rpc(p, binder.as_binder(), extra, &c.rpc, privileged).map(Serving::Rpc)
         }
     }
     .map_err(|e| format!("cannot serve on {transport}: {e}"))?;
+    // On kernel binder the memtrack HAL is registered on its own: a service
+    // manager that refuses it (policy, a vendor memtrack already there)
+    // leaves the allocator serving.
+    match (&memtrack, &transport) {
+        (None, _) => log::info!("memtrack HAL off ([memtrack] enabled = false)"),
+        (Some((_, b)), Transport::Kernel) => {
+            match transport::add_kernel_service(crate::MEMTRACK_SERVICE_NAME, b.clone()) {
+                Ok(()) => log::info!("memtrack HAL: {}", crate::MEMTRACK_SERVICE_NAME),
+                Err(e) => log::error!("memtrack HAL not served: {e}"),
+            }
+        }
+        (Some(_), Transport::Rpc(_)) => log::info!(
+            "memtrack HAL: {} on the same socket",
+            crate::MEMTRACK_SERVICE_NAME
+        ),
+    }
 
     let heaps: Vec<String> = allocator
         .heaps()
@@ -141,6 +166,23 @@ pub fn start_with(
         _guard: guard,
         _runtime: runtime,
     })
+}
+
+/// The memtrack HAL's classes and binder when `[memtrack] enabled`; the
+/// classes forget each buffer once the monitor finds it freed.
+fn memtrack_binder(
+    config: &Config,
+    monitor: &Arc<Monitor>,
+) -> Option<(Arc<crate::memtrack::Classes>, rsbinder::SIBinder)> {
+    if !config.memtrack.enabled {
+        return None;
+    }
+    let classes = Arc::new(crate::memtrack::Classes::new(&config.memtrack));
+    let forget = classes.clone();
+    monitor.on_freed(Box::new(move |freed| forget.forget(freed)));
+    let memtrack = crate::memtrack::Memtrack::new(monitor.clone(), classes.clone(), config);
+    let binder = crate::memtrack_service::MemtrackService::new(Arc::new(memtrack)).binder();
+    Some((classes, binder))
 }
 
 /// Where the registry journal lives: the config's `state_file`, else next

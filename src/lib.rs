@@ -6,6 +6,12 @@ pub use dmabufd_aidl as aidl;
 /// The client library (crates/dmabufd-client).
 pub use dmabufd_client as client;
 
+pub mod memtrack_aidl {
+    //! Stubs generated from aidl/android/hardware/memtrack (IMemtrack v1).
+    #![allow(clippy::all, non_snake_case, non_camel_case_types, unused)]
+    rsbinder::include_aidl!("android_hardware_memtrack");
+}
+
 pub mod proto {
     //! Protobuf types of the `dump --proto` report (proto/dmabuf_report.proto).
     #![allow(clippy::all)]
@@ -14,6 +20,9 @@ pub mod proto {
 
 /// The instance name registered with the service manager (and the RPC name).
 pub use dmabufd_client::SERVICE_NAME;
+
+/// The memtrack HAL instance the service also serves (when enabled).
+pub const MEMTRACK_SERVICE_NAME: &str = "android.hardware.memtrack.IMemtrack/default";
 
 pub mod accounting;
 pub mod allocator;
@@ -24,6 +33,8 @@ pub mod error;
 pub mod heap;
 pub mod journal;
 pub mod logging;
+pub mod memtrack;
+pub mod memtrack_service;
 pub mod monitor;
 pub mod privileges;
 pub mod procfs;
@@ -33,4 +44,5 @@ pub mod rpc_gate;
 pub mod scan;
 pub mod service;
 pub mod sys;
+pub mod trace;
 pub mod transport;

@@ -47,7 +47,14 @@ pub struct Monitor {
     compacted_at: Mutex<u64>,
     /// When each unprivileged uid last forced a fresh scan.
     asked_by: Mutex<std::collections::HashMap<u32, Instant>>,
+    /// Perfetto counter tracks (checks tracing once per scan).
+    tracer: crate::trace::Tracer,
+    /// Told of every record dropped because its buffer was freed.
+    freed_listeners: Mutex<Vec<FreedListener>>,
 }
+
+/// Called with the records of freed buffers, after they left the registry.
+pub type FreedListener = Box<dyn Fn(&[crate::registry::BufferRecord]) + Send + Sync>;
 
 /// A scan that could not be made (nothing was changed).
 #[derive(Clone, Debug)]
@@ -84,6 +91,63 @@ impl Monitor {
             last: Mutex::new(None),
             compacted_at: Mutex::new(0),
             asked_by: Mutex::new(std::collections::HashMap::new()),
+            tracer: crate::trace::Tracer::system(),
+            freed_listeners: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Traces to another tracefs (tests).
+    pub fn with_tracer(mut self, tracer: crate::trace::Tracer) -> Monitor {
+        self.tracer = tracer;
+        self
+    }
+
+    /// The counter-track writer (the allocation path writes its instants).
+    pub fn tracer(&self) -> &crate::trace::Tracer {
+        &self.tracer
+    }
+
+    /// Calls `listener` with the records of buffers found freed, at each
+    /// scan and quota reclaim that drops some.
+    pub fn on_freed(&self, listener: FreedListener) {
+        self.freed_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
+    }
+
+    fn tell_freed(&self, freed: &[crate::registry::BufferRecord]) {
+        if freed.is_empty() {
+            return;
+        }
+        for l in self
+            .freed_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            l(freed);
+        }
+    }
+
+    /// The latest view when its scan started at most `max_age` ago, else a
+    /// fresh one ([`Monitor::refresh`], or [`Monitor::refresh_for`] `uid`
+    /// for an unprivileged caller). `max_age` zero always scans.
+    pub fn recent(
+        &self,
+        max_age: Duration,
+        uid: Option<u32>,
+    ) -> Result<Arc<Accounting>, ScanFailed> {
+        if !max_age.is_zero() {
+            if let Some(last) = &*self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+                if last.started.elapsed() <= max_age {
+                    return Ok(last.accounting.clone());
+                }
+            }
+        }
+        match uid {
+            Some(uid) => self.refresh_for(uid),
+            None => self.refresh(),
         }
     }
 
@@ -141,6 +205,12 @@ impl Monitor {
         if freed > 0 {
             log::debug!("{freed} buffers freed since the last scan");
         }
+        let freed_records: Vec<_> = records
+            .into_iter()
+            .filter(|r| acc.gone.contains(&r.key()))
+            .collect();
+        self.tell_freed(&freed_records);
+        self.tracer.after_scan(&acc, &freed_records);
         // Compact when anything was freed since the last compaction (here
         // or by a quota reclaim), so the journal stays O(live records).
         let total = self.registry.freed_total();
@@ -222,7 +292,14 @@ impl Monitor {
         }
         // The journal is compacted by the next background scan, not here
         // on the allocation path.
-        self.registry.remove_freed(|r| gone.contains(&r.key()))
+        let dropped = self.registry.remove_freed(|r| gone.contains(&r.key()));
+        let freed: Vec<_> = records
+            .into_iter()
+            .filter(|r| gone.contains(&r.key()))
+            .collect();
+        self.tell_freed(&freed);
+        self.tracer.freed(&freed);
+        dropped
     }
 
     /// Resets the high-water mark of `pid`, or of every process for 0.
@@ -412,6 +489,42 @@ mod tests {
         assert_eq!(src.scans.load(Ordering::SeqCst), 1);
         m.refresh_for(10002).unwrap();
         assert_eq!(src.scans.load(Ordering::SeqCst), 2);
+    }
+
+    /// memtrack's view: the latest scan while it is at most `max_age` old,
+    /// a fresh one after that or always with zero.
+    #[test]
+    fn recent_reuses_a_young_scan_and_rescans_an_old_one() {
+        let (src, _reg, m) = setup(Duration::ZERO);
+        m.recent(Duration::from_secs(60), None).unwrap();
+        m.recent(Duration::from_secs(60), None).unwrap();
+        m.recent(Duration::from_secs(60), Some(10001)).unwrap();
+        assert_eq!(src.scans.load(Ordering::SeqCst), 1);
+        m.recent(Duration::ZERO, None).unwrap();
+        assert_eq!(src.scans.load(Ordering::SeqCst), 2);
+        std::thread::sleep(Duration::from_millis(20));
+        m.recent(Duration::from_millis(10), None).unwrap();
+        assert_eq!(src.scans.load(Ordering::SeqCst), 3);
+    }
+
+    /// Freed records reach the listeners from scans and from quota reclaim.
+    #[test]
+    fn freed_records_reach_the_listeners() {
+        let (src, _reg, m) = setup(Duration::ZERO);
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let t = told.clone();
+        m.on_freed(Box::new(move |freed| {
+            t.lock().unwrap().extend(freed.iter().map(|r| r.inode))
+        }));
+        *src.live.lock().unwrap() = vec![listed(2), listed(3)];
+        m.refresh().unwrap();
+        assert_eq!(*told.lock().unwrap(), [1]);
+        *src.live.lock().unwrap() = vec![listed(3)];
+        assert_eq!(m.reclaim().dropped, 1);
+        assert_eq!(*told.lock().unwrap(), [1, 2]);
+        // Nothing freed: nobody is called.
+        m.refresh().unwrap();
+        assert_eq!(told.lock().unwrap().len(), 2);
     }
 
     /// Sixteen callers at once cause one scan, never sixteen; each gets a

@@ -426,8 +426,7 @@ fn private_server(public: &Path) -> std::io::Result<Arc<RpcServer>> {
 /// the caller removes a stale one) behind the gate.
 pub fn serve(
     path: &Path,
-    name: &str,
-    binder: SIBinder,
+    services: Vec<(&str, SIBinder)>,
     limits: &RpcConfig,
     privileged: Vec<u32>,
 ) -> std::io::Result<RpcGuard> {
@@ -437,9 +436,11 @@ pub fn serve(
     server.set_max_threads(8);
     server.set_supported_fd_modes(&[FileDescriptorTransportMode::Unix]);
     server.set_handshake_timeout(Some(HANDSHAKE_TIMEOUT.min(idle)));
-    server
-        .add_service(name, binder)
-        .map_err(|e| std::io::Error::other(format!("rsbinder add_service: {e:?}")))?;
+    for (name, binder) in services {
+        server
+            .add_service(name, binder)
+            .map_err(|e| std::io::Error::other(format!("rsbinder add_service {name}: {e:?}")))?;
+    }
     let listener = UnixListener::bind(path)?;
     let bound = file_id(path);
     listener.set_nonblocking(true)?;

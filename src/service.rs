@@ -34,6 +34,8 @@ pub const KERNEL_BINDER_REPLY_LIMIT: usize = 512 * 1024;
 pub struct DmaBufService {
     allocator: Arc<Allocator>,
     monitor: Arc<Monitor>,
+    /// The memtrack classes, told the heap or alias each buffer was asked for.
+    memtrack_classes: Option<Arc<crate::memtrack::Classes>>,
     snapshots: Arc<Snapshots>,
     /// Set on kernel binder ([`KERNEL_BINDER_REPLY_LIMIT`]); RPC replies
     /// have no such buffer.
@@ -45,6 +47,7 @@ impl DmaBufService {
         DmaBufService {
             allocator,
             monitor,
+            memtrack_classes: None,
             snapshots: Arc::new(Snapshots::new()),
             reply_limit: None,
         }
@@ -72,6 +75,13 @@ impl DmaBufService {
     /// Bytes per page of the paged methods (config service.report_page_bytes).
     fn page_budget(&self) -> usize {
         self.allocator.config().service.report_page_bytes
+    }
+
+    /// Tells `classes` under which name each buffer was allocated (the
+    /// memtrack HAL's CAMERA/MULTIMEDIA classes).
+    pub fn with_memtrack_classes(mut self, classes: Arc<crate::memtrack::Classes>) -> Self {
+        self.memtrack_classes = Some(classes);
+        self
     }
 
     fn heaps(&self) -> Result<Vec<HeapInfo>> {
@@ -104,6 +114,14 @@ impl DmaBufService {
             },
         )?;
         self.monitor.note_allocation();
+        if let Some(classes) = &self.memtrack_classes {
+            if a.kind != HeapKind::Memfd {
+                classes.note_allocation(crate::scan::BufferKey::dmabuf(a.inode), &r.heapName);
+            }
+        }
+        self.monitor
+            .tracer()
+            .allocated(&a.heap, a.size, a.inode, caller.uid, caller.pid);
         log::debug!(
             "allocated {} bytes from {} as {:?} (ino {}) for uid {} pid {}",
             a.size,
@@ -375,7 +393,7 @@ const OPENER_GONE: i32 = i32::MIN;
 /// has exited the pid names nobody, or a recycled process, and whoever
 /// still calls through the connection (a child that inherited it) is not
 /// it; the pid is then [`OPENER_GONE`], which no own-pid check accepts.
-fn caller() -> Caller {
+pub(crate) fn caller() -> Caller {
     let mut c = Caller {
         uid: rsbinder::get_calling_uid(),
         pid: rsbinder::get_calling_pid(),

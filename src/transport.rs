@@ -3,11 +3,13 @@
 //! device exists, else RPC binder over a Unix socket with fd passing.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use rsbinder::{SIBinder, Uri};
+use rsbinder::{Client, SIBinder, Strong, Uri};
 
 pub use dmabufd_client::transport::*;
 
+use crate::memtrack_aidl::android::hardware::memtrack::IMemtrack::IMemtrack;
 use crate::SERVICE_NAME;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,9 +98,13 @@ fn file_type_name(t: &std::fs::FileType) -> &'static str {
 /// connect: who may do what is decided per call from the peer's uid, and
 /// how many connections each uid may hold by the gate in front of
 /// rsbinder ([`crate::rpc_gate`], limits from the config's `[rpc]`).
+/// `extra` are further named services on the same socket (the memtrack
+/// HAL): rsbinder's RPC server publishes a directory of names, which
+/// clients pick from with `Client::get(name)`.
 pub fn serve_rpc(
     path: &Path,
     binder: SIBinder,
+    extra: Vec<(&'static str, SIBinder)>,
     limits: &crate::config::RpcConfig,
     privileged: Vec<u32>,
 ) -> std::io::Result<crate::rpc_gate::RpcGuard> {
@@ -108,7 +114,9 @@ pub fn serve_rpc(
         std::fs::create_dir_all(dir)?;
     }
     remove_stale_socket(path)?;
-    let guard = crate::rpc_gate::serve(path, SERVICE_NAME, binder, limits, privileged)
+    let mut services = vec![(SERVICE_NAME, binder)];
+    services.extend(extra);
+    let guard = crate::rpc_gate::serve(path, services, limits, privileged)
         .map_err(|e| std::io::Error::other(format!("RPC server on {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(guard)
@@ -122,4 +130,31 @@ pub fn serve_kernel(binder: SIBinder) -> std::io::Result<rsbinder::ServerGuard> 
         .and_then(|s| s.add(SERVICE_NAME, binder))
         .and_then(|s| s.spawn())
         .map_err(|e| std::io::Error::other(format!("kernel binder: {e:?}")))
+}
+
+/// Registers a further service with the service manager, once
+/// [`serve_kernel`] has started the binder thread pool.
+pub fn add_kernel_service(name: &str, binder: SIBinder) -> std::io::Result<()> {
+    rsbinder::hub::add_service(name, binder)
+        .map_err(|e| std::io::Error::other(format!("service manager refused {name}: {e}")))
+}
+
+/// Connects to the memtrack HAL over kernel binder, waiting up to `wait`.
+pub fn connect_memtrack_kernel(wait: Duration) -> rsbinder::Result<Strong<dyn IMemtrack>> {
+    let client = Client::open(Uri::kernel())?;
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(s) = client.try_get::<dyn IMemtrack>(crate::MEMTRACK_SERVICE_NAME)? {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            return Err(rsbinder::StatusCode::NameNotFound);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Connects to the memtrack HAL over RPC (the same socket as the allocator).
+pub fn connect_memtrack_rpc(path: &Path) -> rsbinder::Result<Strong<dyn IMemtrack>> {
+    rpc_client(path)?.get::<dyn IMemtrack>(crate::MEMTRACK_SERVICE_NAME)
 }

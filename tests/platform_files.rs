@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dmabufd::privileges::KEPT_CAPABILITIES;
-use dmabufd::SERVICE_NAME;
+use dmabufd::{MEMTRACK_SERVICE_NAME, SERVICE_NAME};
 
 const SERVICE_BINARY: &str = "/vendor/bin/hw/vendor.dmabuf-service";
 const RC_FILE: &str = "etc/init/vendor.dmabuf-service.rc";
 const VINTF_FILE: &str = "etc/vintf/vendor.dmabuf-service.xml";
+const MEMTRACK_VINTF_FILE: &str = "etc/vintf/android.hardware.memtrack-dmabufd.xml";
+const MEMTRACK_AIDL_DIR: &str = "aidl/android/hardware/memtrack";
 const HUB_POLICY: &str = "etc/rsb_hub/dmabufd.toml";
 const API_DIR: &str = "aidl_api/vendor.dmabuf";
 const AIDL_DIR: &str = "aidl/vendor/dmabuf";
@@ -31,6 +33,7 @@ const TE_FILES: &[&str] = &[
     "service.te",
     "hal_dmabuf_allocator.te",
     "hal_dmabuf_allocator_default.te",
+    "hal_memtrack_dmabufd.te",
 ];
 /// The header `aidl --dumpapi` puts into every frozen file.
 const FROZEN_HEADER: &str = "\
@@ -142,38 +145,17 @@ fn instance_name_is_the_same_everywhere() {
         .filter_map(|l| l.strip_prefix("interface aidl "))
         .map(str::to_string)
         .collect();
-    assert_eq!(interfaces, [SERVICE_NAME], "{RC_FILE}");
+    assert_eq!(
+        interfaces,
+        [SERVICE_NAME, MEMTRACK_SERVICE_NAME],
+        "{RC_FILE}"
+    );
 
     // rsb_hub: the first rule whose pattern covers the name decides (its
     // own semantics), and it must let the service user add and the client
     // uids find.
-    let hub: toml::Table = toml::from_str(&read(HUB_POLICY)).unwrap();
-    let rules = hub["rule"].as_array().expect("[[rule]] tables");
-    let rule = rules
-        .iter()
-        .find(|r| {
-            let pattern = r["name"].as_str().unwrap();
-            match pattern.strip_suffix('*') {
-                Some(prefix) => SERVICE_NAME.starts_with(prefix),
-                None => pattern == SERVICE_NAME,
-            }
-        })
-        .expect("no rsb_hub rule covers the service name");
-    assert_ne!(
-        rule["name"].as_str(),
-        Some("*"),
-        "only the catch-all covers it"
-    );
-    let uids = |perm: &str| -> BTreeSet<i64> {
-        rule[perm]["uid"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_integer().unwrap())
-            .collect()
-    };
-    let config: toml::Table = toml::from_str(&read("etc/dmabufd.toml")).unwrap();
-    let service_uid = config["service"]["user"].as_integer().unwrap();
+    let uids = |perm: &str| hub_uids(SERVICE_NAME, perm);
+    let service_uid = service_uid();
     assert_eq!(
         uids("add"),
         BTreeSet::from([service_uid]),
@@ -183,6 +165,209 @@ fn instance_name_is_the_same_everywhere() {
         assert!(uids("find").contains(&client), "uid {client} cannot find");
     }
     assert!(!uids("find").contains(&service_uid) || service_uid == 0);
+}
+
+/// The uid the service runs as (etc/dmabufd.toml).
+fn service_uid() -> i64 {
+    let config: toml::Table = toml::from_str(&read("etc/dmabufd.toml")).unwrap();
+    config["service"]["user"].as_integer().unwrap()
+}
+
+/// The uids the rsb_hub rule deciding `name` grants `perm` ("add", "find"):
+/// the first rule whose pattern covers the name decides (rsb_hub's own
+/// semantics), and it must not be the catch-all.
+fn hub_uids(name: &str, perm: &str) -> BTreeSet<i64> {
+    let hub: toml::Table = toml::from_str(&read(HUB_POLICY)).unwrap();
+    let rules = hub["rule"].as_array().expect("[[rule]] tables");
+    let rule = rules
+        .iter()
+        .find(|r| {
+            let pattern = r["name"].as_str().unwrap();
+            match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => pattern == name,
+            }
+        })
+        .unwrap_or_else(|| panic!("no rsb_hub rule covers {name}"));
+    assert_ne!(
+        rule["name"].as_str(),
+        Some("*"),
+        "only the catch-all covers {name}"
+    );
+    rule[perm]["uid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_integer().unwrap())
+        .collect()
+}
+
+/// The memtrack HAL: declared by its own VINTF fragment (installed with the
+/// service), in the rc, allowed by rsb_hub to the service uid only, served
+/// by the allocator's SELinux domain under the platform's label, and built
+/// from the platform's definition on Android (no aidl_interface of ours).
+#[test]
+fn memtrack_instance_is_declared_everywhere() {
+    let xml = read(MEMTRACK_VINTF_FILE);
+    assert_eq!(xml_tag(&xml, "name"), "android.hardware.memtrack");
+    assert_eq!(xml_tag(&xml, "version"), "1", "memtrack is frozen at v1");
+    let instance = format!("{}.{}", xml_tag(&xml, "name"), xml_tag(&xml, "fqname"));
+    assert_eq!(instance, MEMTRACK_SERVICE_NAME);
+
+    let bp = read("Android.bp");
+    let service = bp_module(&bp, "rust_binary", "vendor.dmabuf-service");
+    assert!(service.contains(&format!("\"{MEMTRACK_VINTF_FILE}\"")));
+    assert!(
+        !bp.contains("name: \"android.hardware.memtrack\""),
+        "Android.bp must not redeclare the platform's android.hardware.memtrack"
+    );
+    let genrule = bp_module(&bp, "genrule", "dmabufd_generated_rs");
+    assert!(genrule.contains(&format!("\"{MEMTRACK_AIDL_DIR}/*.aidl\"")));
+    assert!(genrule.contains("\"android_hardware_memtrack.rs\""));
+
+    assert_eq!(
+        hub_uids(MEMTRACK_SERVICE_NAME, "add"),
+        BTreeSet::from([service_uid()])
+    );
+    for client in [0, 1000] {
+        assert!(hub_uids(MEMTRACK_SERVICE_NAME, "find").contains(&client));
+    }
+
+    // The platform labels the instance; a second label would break lookups.
+    let contexts = read("sepolicy/service_contexts");
+    assert!(!content_lines(&contexts).any(|l| l.starts_with(MEMTRACK_SERVICE_NAME)));
+    let te = read("sepolicy/hal_memtrack_dmabufd.te");
+    assert!(content_lines(&te)
+        .any(|l| l == "hal_server_domain(hal_dmabuf_allocator_default, hal_memtrack)"));
+    assert!(declared_names(&read("sepolicy/test/platform_memtrack.te"))
+        .contains("hal_memtrack_service"));
+}
+
+/// The AIDL written for the Linux build carries the frozen v1 contract:
+/// package, method order, enum values, constants and field order.
+#[test]
+fn memtrack_aidl_matches_the_frozen_v1_contract() {
+    let body = |file: &str| -> Vec<String> {
+        let text = read(&format!("{MEMTRACK_AIDL_DIR}/{file}"));
+        // Declarations only: no comments, no blank lines.
+        let mut out = Vec::new();
+        let mut in_comment = false;
+        for line in text.lines().map(str::trim) {
+            if in_comment || line.starts_with("/*") {
+                in_comment = !line.ends_with("*/");
+                continue;
+            }
+            if !line.is_empty() && !line.starts_with("//") {
+                out.push(line.to_string());
+            }
+        }
+        out
+    };
+    let package = "package android.hardware.memtrack;";
+    let iface = body("IMemtrack.aidl");
+    assert_eq!(iface[0], package);
+    assert!(iface.contains(&"@VintfStability".to_string()));
+    let methods: Vec<&String> = iface.iter().filter(|l| l.ends_with(");")).collect();
+    assert_eq!(
+        methods,
+        [
+            "MemtrackRecord[] getMemory(in int pid, in MemtrackType type);",
+            "DeviceInfo[] getGpuDeviceInfo();"
+        ]
+    );
+    let record = body("MemtrackRecord.aidl");
+    assert_eq!(record[0], package);
+    let flags: Vec<(String, u32)> = record
+        .iter()
+        .filter_map(|l| l.strip_prefix("const int "))
+        .map(|l| {
+            let (name, value) = l.trim_end_matches(';').split_once(" = ").unwrap();
+            let shift: u32 = value.strip_prefix("1 << ").unwrap().parse().unwrap();
+            (name.to_string(), 1u32 << shift)
+        })
+        .collect();
+    let want = [
+        ("FLAG_SMAPS_ACCOUNTED", 2),
+        ("FLAG_SMAPS_UNACCOUNTED", 4),
+        ("FLAG_SHARED", 8),
+        ("FLAG_SHARED_PSS", 16),
+        ("FLAG_PRIVATE", 32),
+        ("FLAG_SYSTEM", 64),
+        ("FLAG_DEDICATED", 128),
+        ("FLAG_NONSECURE", 256),
+        ("FLAG_SECURE", 512),
+    ];
+    assert_eq!(
+        flags,
+        want.map(|(n, v)| (n.to_string(), v)).to_vec(),
+        "MemtrackRecord constants"
+    );
+    let fields: Vec<&String> = record
+        .iter()
+        .filter(|l| l.ends_with(';') && !l.starts_with("const ") && !l.starts_with("package "))
+        .collect();
+    assert_eq!(fields, ["int flags;", "long sizeInBytes;"]);
+    let ty = body("MemtrackType.aidl");
+    assert!(ty.contains(&"@Backing(type=\"int\")".to_string()));
+    let values: Vec<&String> = ty.iter().filter(|l| l.contains(" = ")).collect();
+    assert_eq!(
+        values,
+        [
+            "OTHER = 0,",
+            "GL = 1,",
+            "GRAPHICS = 2,",
+            "MULTIMEDIA = 3,",
+            "CAMERA = 4,"
+        ]
+    );
+    let info = body("DeviceInfo.aidl");
+    let fields: Vec<&String> = info
+        .iter()
+        .filter(|l| l.ends_with(';') && !l.starts_with("package "))
+        .collect();
+    assert_eq!(fields, ["int id;", "@utf8InCpp String name;"]);
+}
+
+#[test]
+fn memtrack_sepolicy_lets_only_the_allocator_serve_memtrack() {
+    // The allocator's domain registers memtrack under the platform's rules
+    // (a neverallow against it trips over the grant), and nobody else does.
+    let (ok, log) = compile_policy(
+        "memtrack-add",
+        "neverallow hal_dmabuf_allocator_default hal_memtrack_service:service_manager add;",
+    );
+    assert!(
+        !ok && log.contains("neverallow"),
+        "the allocator cannot add memtrack:\n{log}"
+    );
+    let (ok, log) = compile_policy(
+        "memtrack-add-others",
+        "neverallow { domain -hal_dmabuf_allocator_default } hal_memtrack_service:service_manager add;",
+    );
+    assert!(ok, "another domain may add memtrack:\n{log}");
+    // Another vendor domain registering it, or an app finding it, is refused.
+    for (i, rule) in [
+        "allow dmabuf_test_client hal_memtrack_service:service_manager add;",
+        "allow untrusted_app hal_memtrack_service:service_manager find;",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (ok, log) = compile_policy(&format!("memtrack-violation{i}"), rule);
+        assert!(
+            !ok && log.contains("neverallow"),
+            "`{rule}` accepted:\n{log}"
+        );
+    }
+    // system_server (dumpsys meminfo) calls the allocator's domain.
+    let (ok, log) = compile_policy(
+        "memtrack-call",
+        "neverallow system_server hal_dmabuf_allocator_default:binder call;",
+    );
+    assert!(
+        !ok && log.contains("neverallow"),
+        "system_server cannot call memtrack:\n{log}"
+    );
 }
 
 #[test]
@@ -198,7 +383,7 @@ fn binary_path_is_the_same_everywhere() {
     assert_eq!(installed, SERVICE_BINARY);
     for file in [RC_FILE, VINTF_FILE] {
         assert!(
-            service.contains(&format!("[\"{file}\"]")),
+            service.contains(&format!("\"{file}\"")),
             "Android.bp does not install {file}"
         );
     }
@@ -345,8 +530,12 @@ fn frozen_api_matches_the_sources() {
         "a new version needs this test updated"
     );
 
-    // The latest frozen version and `current` are aidl/ plus the header.
-    let sources = aidl_files(&root().join("aidl"));
+    // The latest frozen version and `current` are aidl/ plus the header;
+    // the memtrack AIDL under aidl/android is the platform's, not ours.
+    let sources: BTreeMap<String, Vec<u8>> = aidl_files(&root().join("aidl"))
+        .into_iter()
+        .filter(|(path, _)| path.starts_with("./vendor/"))
+        .collect();
     assert_eq!(
         sources.len(),
         fs::read_dir(root().join(AIDL_DIR)).unwrap().count()
@@ -492,6 +681,7 @@ fn compile_policy(name: &str, extra: &str) -> (bool, String) {
     let mut m4_inputs = vec![
         sepolicy.join("test/te_macros.m4"),
         sepolicy.join("test/platform.te"),
+        sepolicy.join("test/platform_memtrack.te"),
     ];
     m4_inputs.extend(TE_FILES.iter().map(|f| sepolicy.join(f)));
     m4_inputs.push(sepolicy.join("test/test_client.te"));

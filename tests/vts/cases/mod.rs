@@ -11,6 +11,7 @@ mod exact;
 mod fuzz;
 mod isolation;
 pub mod lifecycle;
+mod memtrack;
 mod paging;
 mod reports;
 mod stress;
@@ -24,6 +25,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(errors::cases());
     cases.extend(lifecycle::cases());
     cases.extend(reports::cases());
+    cases.extend(memtrack::cases());
     cases.extend(paging::cases());
     cases.extend(errors::coverage_cases());
     cases.extend(fuzz::cases());
@@ -43,6 +45,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         errors::roles(),
         lifecycle::roles(),
         reports::roles(),
+        memtrack::roles(),
         stress::roles(),
         bpf::roles(),
         exact::roles(),

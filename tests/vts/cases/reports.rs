@@ -41,13 +41,13 @@ pub fn roles() -> Vec<(&'static str, app::Role)> {
     ]
 }
 
-struct Running {
+pub(super) struct Running {
     child: Child,
     out: BufReader<ChildStdout>,
 }
 
 impl Running {
-    fn start(uid: u32, role: &str, args: &[&str]) -> Result<Running, String> {
+    pub(super) fn start(uid: u32, role: &str, args: &[&str]) -> Result<Running, String> {
         let mut child = app::command_as(uid, role, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -58,13 +58,13 @@ impl Running {
         Ok(Running { child, out })
     }
 
-    fn line(&mut self) -> Result<String, String> {
+    pub(super) fn line(&mut self) -> Result<String, String> {
         let mut l = String::new();
         self.out.read_line(&mut l).map_err(|e| e.to_string())?;
         Ok(l.trim().to_string())
     }
 
-    fn pid(&self) -> i32 {
+    pub(super) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 }
