@@ -33,14 +33,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::load::{percentile, read_latencies as latencies};
+use common::load::{Footprint, Sample, HOLD, MAX_SIZE};
 use common::Service;
 use dmabufd::aidl::vendor::dmabuf::ErrorCode::ErrorCode;
 
 const CLIENTS: usize = 16;
-/// Buffers a client holds at most; the oldest is freed for a new one.
-const HOLD: usize = 4;
-/// The largest request.
-const MAX_SIZE: u64 = 1 << 20;
 /// First app uid (as root).
 const FIRST_UID: u32 = 10_100;
 /// The service's fd count (buffer fds left out) may rise this much over the
@@ -91,15 +89,8 @@ default_max_size = "16M"
 
 use common::Rng;
 
-/// Mixed sizes: mostly powers of two from 4 KiB to 1 MiB, some odd sizes
-/// (page-rounded by the service).
 fn size(rng: &mut Rng) -> u64 {
-    let r = rng.next();
-    if r % 4 == 0 {
-        1 + (r >> 8) % MAX_SIZE
-    } else {
-        4096 << ((r >> 8) % 9)
-    }
+    common::load::mixed_size(rng.next())
 }
 
 fn exe_args(test: &str) -> [&str; 5] {
@@ -251,62 +242,6 @@ fn load_reporter() {
     println!("\nload-reporter {calls} {failed} {first}");
 }
 
-/// Open fds of the service, buffers in flight (memfd) and procfs files
-/// left out.
-fn fds_without_buffers(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .map(|l| {
-                            let l = l.to_string_lossy();
-                            !l.starts_with("/proc/")
-                                && !l.starts_with("/memfd:")
-                                && !l.starts_with("/dmabuf:")
-                        })
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-fn vm_rss(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
-fn latencies(paths: &[PathBuf]) -> Vec<u32> {
-    let mut v: Vec<u32> = paths
-        .iter()
-        .flat_map(|p| {
-            std::fs::read(p)
-                .unwrap()
-                .chunks(4)
-                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    v.sort_unstable();
-    v
-}
-
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[test]
 fn sixteen_clients_allocate_and_free_under_reports_with_no_failure_and_flat_fds_and_rss() {
     let cycles = env_u64("DMABUFD_LOAD_CYCLES", 500);
@@ -344,16 +279,12 @@ fn sixteen_clients_allocate_and_free_under_reports_with_no_failure_and_flat_fds_
     let mut workers: Vec<Child> = (0..CLIENTS)
         .map(|i| spawn_worker(&svc, i, cycles, &outs[i]))
         .collect();
-    // (seconds since start, fds, rss)
-    let mut samples: Vec<(f64, usize, u64)> = Vec::new();
+    let mut samples = Vec::new();
     while workers.iter_mut().any(|w| w.try_wait().unwrap().is_none()) {
-        samples.push((
-            started.elapsed().as_secs_f64(),
-            fds_without_buffers(pid),
-            vm_rss(pid),
-        ));
+        samples.push(Sample::take(pid, started));
         std::thread::sleep(Duration::from_millis(50));
     }
+    samples.push(Sample::take(pid, started));
     let load_time = started.elapsed().as_secs_f64();
     std::fs::write(&stop, b"").unwrap();
     let results: Vec<_> = workers.into_iter().map(worker_result).collect();
@@ -364,14 +295,9 @@ fn sixteen_clients_allocate_and_free_under_reports_with_no_failure_and_flat_fds_
     let (allocs, failures, quotas): (u64, u64, u64) = results
         .iter()
         .fold((0, 0, 0), |(a, f, q), r| (a + r.0, f + r.1, q + r.2));
-    let q2 = samples
-        .iter()
-        .find(|s| s.0 >= load_time / 4.0)
-        .copied()
-        .unwrap_or(*samples.last().unwrap());
-    let rest = samples.iter().filter(|s| s.0 >= q2.0);
-    let (max_fds, max_rss) = rest.fold((0, 0), |(f, r), s| (f.max(s.1), r.max(s.2)));
-    let first_fds = samples.first().map(|s| s.1).unwrap_or(0);
+    let fp = Footprint::from_second_quarter(&samples, load_time);
+    let (q2, max_fds, max_rss) = (fp.q2, fp.max_fds, fp.max_rss);
+    let first_fds = samples.first().map(|s| s.fds).unwrap_or(0);
     eprintln!(
         "load: {CLIENTS} clients x {cycles} cycles in {load_time:.1} s \
          ({:.0} allocations/s), {} samples\n\
@@ -388,8 +314,8 @@ fn sixteen_clients_allocate_and_free_under_reports_with_no_failure_and_flat_fds_
         percentile(&under_load, 0.5),
         percentile(&under_load, 0.99),
         under_load.len(),
-        q2.1,
-        q2.2 / 1024,
+        q2.fds,
+        q2.rss / 1024,
         max_rss / 1024,
         rep_text
             .lines()
@@ -419,18 +345,9 @@ fn sixteen_clients_allocate_and_free_under_reports_with_no_failure_and_flat_fds_
     let rfailed: u64 = rf.next().unwrap().parse().unwrap();
     assert!(calls > 0, "the reporter made no call");
     assert_eq!(rfailed, 0, "report calls failed: {rl}");
-    assert!(
-        max_fds <= q2.1 + FD_SLACK,
-        "service fds rose from {} at the start of the second quarter to {max_fds}: {:?}",
-        q2.1,
-        svc.fd_targets()
-    );
-    assert!(
-        max_rss <= q2.2 + RSS_SLACK,
-        "service VmRSS rose from {} KiB at the start of the second quarter to {} KiB",
-        q2.2 / 1024,
-        max_rss / 1024
-    );
+    if let Err(e) = fp.check(FD_SLACK, RSS_SLACK) {
+        panic!("{e}: {:?}", svc.fd_targets());
+    }
     // Every client is gone: nothing stays charged.
     let a = svc.connect();
     let deadline = Instant::now() + Duration::from_secs(10);

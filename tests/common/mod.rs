@@ -2,6 +2,8 @@
 //! private socket, with a config written for the test.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -200,6 +202,35 @@ impl Service {
                     .unwrap_or(false)
             })
             .count()
+    }
+
+    /// The fd count ([`fd_count`](Self::fd_count)) at rest: the lowest of
+    /// ten looks 50 ms apart, so a session being torn down (the probe
+    /// connection of start-up, a client that just left) is not counted in.
+    pub fn resting_fd_count(&self) -> usize {
+        (0..10)
+            .map(|i| {
+                if i > 0 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                self.fd_count()
+            })
+            .min()
+            .unwrap()
+    }
+
+    /// Waits up to `timeout` for the fd count to be at most `bound` and
+    /// returns the last count: the caller asserts on it. Sessions of
+    /// clients that left are reaped asynchronously; a leak stays.
+    pub fn fds_within(&self, bound: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.fd_count();
+            if n <= bound || Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -19,6 +19,9 @@ mode=$(sed -n 's/.*vm_mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
 service=$(sed -n 's/.*vm_service=\([a-z-]*\).*/\1/p' /proc/cmdline)
 # run.sh --only=A,B: case-name filters for vts.
 only=$(sed -n 's/.*vm_only=\([A-Za-z0-9_,]*\).*/\1/p' /proc/cmdline | tr , ' ')
+# run.sh's DMABUFD_VM_LOAD_CYCLES: the load case's cycles per app.
+load_cycles=$(sed -n 's/.*vm_load_cycles=\([0-9]*\).*/\1/p' /proc/cmdline)
+[ -n "$load_cycles" ] && export DMABUFD_LOAD_CYCLES=$load_cycles
 # run.sh --fuzz-count=N: the fuzz case's transaction count.
 fuzz_count=$(sed -n 's/.*vm_fuzz_count=\([0-9]*\).*/\1/p' /proc/cmdline)
 if [ -n "$fuzz_count" ]; then export DMABUFD_FUZZ_COUNT="$fuzz_count"; fi

@@ -13,7 +13,8 @@
 #   --stand-in                (harness bring-up) serve with vts's refusing stand-in, not dmabufd
 #
 # Environment: CARGO_TARGET_DIR (the cache lives in <target>/vm-cache),
-# DMABUFD_VM_TIMEOUT (seconds, default 900), DMABUFD_VM_MEM (MiB, default 1024).
+# DMABUFD_VM_TIMEOUT (seconds, default 2400), DMABUFD_VM_MEM (MiB, default 1024),
+# DMABUFD_VM_LOAD_CYCLES (the load case's cycles per app; default 60).
 set -euo pipefail
 
 mode=suite
@@ -51,7 +52,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 case "$target_dir" in /*) ;; *) target_dir=$repo/$target_dir ;; esac
 cache=$target_dir/vm-cache
-timeout_secs=${DMABUFD_VM_TIMEOUT:-900}
+timeout_secs=${DMABUFD_VM_TIMEOUT:-2400}
 vm_mem=${DMABUFD_VM_MEM:-1024}
 rsbinder_tools_version=0.12.0
 mkdir -p "$cache"
@@ -226,7 +227,14 @@ build_initramfs() {
     add_binary "$vts_exe" /bin/vts
     add_binary "$cache/tools/bin/rsb_hub" /bin/rsb_hub
     add_binary "$cache/tools/bin/rsb_service" /bin/rsb_service
-    install -m 0644 "$repo/etc/rsb_hub/dmabufd.toml" "$root/etc/rsb_hub/dmabufd.toml"
+    # The shipped policy, plus (VM only) the load case's sixteen app uids
+    # 10100-10115 on the rule that lets apps find the allocator.
+    load_uids=$(seq -s ', ' 10100 10115)
+    sed "/^name = \"vendor\.dmabuf\.\*\"/,/^find = /s/^find = { uid = \[\(.*\)\] }\$/find = { uid = [\1, $load_uids] }/" \
+        "$repo/etc/rsb_hub/dmabufd.toml" >"$root/etc/rsb_hub/dmabufd.toml"
+    grep -q "10115] }" "$root/etc/rsb_hub/dmabufd.toml" ||
+        die "could not add the load case's uids to the VM's rsb_hub policy"
+    chmod 0644 "$root/etc/rsb_hub/dmabufd.toml"
     install -m 0644 "$repo/tests/vm/guest-dmabufd.toml" "$root/etc/dmabufd.toml"
     install -m 0755 "$repo/tests/vm/init.sh" "$root/init"
     mkdir -p "$root/lib/dmabufd-bpf"
@@ -263,6 +271,11 @@ qemu=(qemu-system-x86_64 -accel tcg -cpu max -m "$vm_mem" -smp 2 -no-reboot -nic
     -kernel "$kernel_dir/vmlinuz" -initrd "$image")
 cmdline="console=ttyS0 quiet panic=-1 vm_mode=$mode vm_service=$service"
 [ -n "$only" ] && cmdline="$cmdline vm_only=$only"
+# The load case's cycles per app (the long form: DMABUFD_VM_LOAD_CYCLES=10000).
+if [ -n "${DMABUFD_VM_LOAD_CYCLES:-}" ]; then
+    case "$DMABUFD_VM_LOAD_CYCLES" in *[!0-9]*) die "DMABUFD_VM_LOAD_CYCLES takes a number" ;; esac
+    cmdline="$cmdline vm_load_cycles=$DMABUFD_VM_LOAD_CYCLES"
+fi
 [ -n "$fuzz_count" ] && cmdline="$cmdline vm_fuzz_count=$fuzz_count"
 
 if [ "$mode" = shell ]; then

@@ -12,6 +12,10 @@ pub const APP_A: u32 = 10001;
 pub const APP_B: u32 = 10002;
 /// An app uid with a tiny quota in the VM's dmabufd config.
 pub const APP_SMALL_QUOTA: u32 = 10003;
+/// The load case's app uids: LOAD_FIRST_UID .. LOAD_FIRST_UID + LOAD_APPS,
+/// one per app (run.sh adds them to the VM's copy of the rsb_hub policy).
+pub const LOAD_FIRST_UID: u32 = 10100;
+pub const LOAD_APPS: u32 = 16;
 
 /// What an app role returns: the line to print, or why it failed.
 pub type RoleResult = Result<String, String>;

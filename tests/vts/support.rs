@@ -118,3 +118,26 @@ pub fn eventually(timeout_ms: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The VM config's scan interval (tests/vm/guest-dmabufd.toml, installed as
+/// /etc/dmabufd.toml).
+pub fn scan_interval() -> std::time::Duration {
+    let ms = dmabufd::config::Config::from_file(std::path::Path::new("/etc/dmabufd.toml"))
+        .map(|c| c.service.scan_interval_ms)
+        .unwrap_or(1000);
+    std::time::Duration::from_millis(ms)
+}
+
+/// How long a case waits for something the service notices within a scan
+/// or two (a freed buffer leaving the report, a quota coming back): 20 scan
+/// intervals plus 10 s, generous under TCG on a busy machine. Only a
+/// failing case waits that long; a passing one returns as soon as the
+/// condition holds.
+pub fn scan_deadline_ms() -> u64 {
+    20 * scan_interval().as_millis() as u64 + 10_000
+}
+
+/// How long a case waits for a condition the kernel or other processes
+/// bring about (a killed process's fds closed, two views of the same
+/// moment agreeing): generous, since only a failing case waits it out.
+pub const SETTLE_MS: u64 = 30_000;

@@ -19,7 +19,7 @@ use crate::app::{self, RoleResult};
 use crate::ensure;
 use crate::harness::{Case, Outcome};
 use crate::proc_scan;
-use crate::support::{eventually, KIB};
+use crate::support::{eventually, KIB, SETTLE_MS};
 
 const PAGE: u64 = 4096;
 /// The uid the service runs as in the VM; the dropped child becomes it.
@@ -265,7 +265,7 @@ fn diff<T: Ord + std::fmt::Debug + Clone>(
 /// (other processes may be mid-change); returns the last mismatch.
 fn agree_with_procfs(iters: &BpfIters) -> Outcome {
     let mut why = String::new();
-    let ok = eventually(3000, || {
+    let ok = eventually(SETTLE_MS, || {
         let result = (|| -> Outcome {
             let fds = sorted(iters.fd_refs().map_err(|e| format!("fd_refs: {e}"))?);
             let proc_fds = procfs_fd_refs();
@@ -608,20 +608,22 @@ fn rebuilt_bpf_objects_load_and_agree_with_the_committed_ones() -> Outcome {
         rebuilt.missing()
     );
     let mut why = String::new();
-    let ok = eventually(3000, || match (snapshot(&committed), snapshot(&rebuilt)) {
-        (Ok(a), Ok(b)) if a == b => true,
-        (Ok(a), Ok(b)) => {
-            why = format!(
-                "{}; {}; {}",
-                diff("fds", &b.0, &a.0),
-                diff("maps", &b.1, &a.1),
-                diff("buffers", &b.2, &a.2)
-            );
-            false
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            why = e;
-            false
+    let ok = eventually(SETTLE_MS, || {
+        match (snapshot(&committed), snapshot(&rebuilt)) {
+            (Ok(a), Ok(b)) if a == b => true,
+            (Ok(a), Ok(b)) => {
+                why = format!(
+                    "{}; {}; {}",
+                    diff("fds", &b.0, &a.0),
+                    diff("maps", &b.1, &a.1),
+                    diff("buffers", &b.2, &a.2)
+                );
+                false
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                why = e;
+                false
+            }
         }
     });
     ensure!(ok, "rebuilt and committed objects disagree: {why}");

@@ -16,7 +16,7 @@ use crate::app::{self, RoleResult, APP_A, APP_B, APP_SMALL_QUOTA};
 use crate::ensure;
 use crate::harness::{Case, Outcome};
 use crate::proc_scan;
-use crate::support::{connect, eventually, KIB, MIB};
+use crate::support::{connect, eventually, scan_deadline_ms, KIB, MIB, SETTLE_MS};
 
 pub fn cases() -> Vec<Case> {
     vec![
@@ -247,7 +247,7 @@ fn a_buffer_held_only_by_the_kernel_stays_owned_and_counted_until_freed() -> Out
     let got = app.say("alloc")?;
     ensure!(got == "ok", "after the in-flight fds were dropped: {got}");
     ensure!(
-        eventually(5000, || report()
+        eventually(scan_deadline_ms(), || report()
             .map(|r| !r.buffers.iter().any(|b| inodes.contains(&b.inode)))
             .unwrap_or(false)),
         "parked buffers still in the report after the socket closed"
@@ -428,7 +428,8 @@ fn churn_of_2000_1mib_buffers_with_a_4_buffer_quota_is_never_refused() -> Outcom
     Ok(())
 }
 
-fn start_service() -> Result<Child, String> {
+/// Starts dmabufd the way /init does (a supervisor restarting it).
+pub(super) fn start_service() -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -468,7 +469,7 @@ fn kill_9_of_the_service_then_restart_keeps_owners_and_quota_and_drops_what_was_
     )
     .map_err(|e| e.to_string())?;
     ensure!(
-        eventually(5000, || !std::path::Path::new(&format!("/proc/{old}"))
+        eventually(SETTLE_MS, || !std::path::Path::new(&format!("/proc/{old}"))
             .exists()
             || std::fs::read_to_string(format!("/proc/{old}/stat"))
                 .map(|s| s.contains(") Z "))
@@ -483,7 +484,7 @@ fn kill_9_of_the_service_then_restart_keeps_owners_and_quota_and_drops_what_was_
     std::fs::write("/run/dmabufd.restarted-pid", new.id().to_string())
         .map_err(|e| e.to_string())?;
     ensure!(
-        eventually(20000, || connect()
+        eventually(SETTLE_MS, || connect()
             .and_then(|a| a.heaps().map_err(|e| e.to_string()))
             .is_ok()),
         "the restarted service did not register"

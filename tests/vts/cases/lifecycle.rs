@@ -13,7 +13,9 @@ use crate::app::{self, RoleResult, APP_A, APP_B, APP_SMALL_QUOTA};
 use crate::ensure;
 use crate::harness::{Case, Outcome};
 use crate::proc_scan;
-use crate::support::{connect, eventually, system_dmabuf_total, KIB, MIB};
+use crate::support::{
+    connect, eventually, scan_deadline_ms, system_dmabuf_total, KIB, MIB, SETTLE_MS,
+};
 
 pub fn cases() -> Vec<Case> {
     vec![
@@ -264,7 +266,7 @@ fn killed_app_buffers_vanish_everywhere_and_system_dmabuf_memory_returns() -> Ou
     holder.child.kill().map_err(|e| format!("kill: {e}"))?;
     holder.child.wait().map_err(|e| format!("wait: {e}"))?;
     let mut still = Vec::new();
-    let gone = eventually(3000, || {
+    let gone = eventually(SETTLE_MS, || {
         still = proc_scan::pids()
             .into_iter()
             .filter_map(|pid| {
@@ -276,7 +278,7 @@ fn killed_app_buffers_vanish_everywhere_and_system_dmabuf_memory_returns() -> Ou
     });
     ensure!(gone, "still referenced after the kill: {still:?}");
     let mut bytes_after = 0;
-    let back = eventually(3000, || {
+    let back = eventually(SETTLE_MS, || {
         bytes_after = system_dmabuf_total().map(|t| t.1).unwrap_or(u64::MAX);
         bytes_after <= bytes_before
     });
@@ -295,7 +297,7 @@ fn killed_app_buffers_leave_the_service_report_and_free_its_quota() -> Outcome {
     // The quota case before this one held the whole quota too: retry until
     // the service has noticed those buffers are gone.
     let mut started = Err(String::new());
-    eventually(8000, || {
+    eventually(scan_deadline_ms(), || {
         started = start_holder(APP_SMALL_QUOTA, "system", 4 * KIB, 4, 0);
         started.is_ok()
     });
@@ -320,7 +322,7 @@ fn killed_app_buffers_leave_the_service_report_and_free_its_quota() -> Outcome {
     holder.child.kill().map_err(|e| format!("kill: {e}"))?;
     holder.child.wait().map_err(|e| format!("wait: {e}"))?;
     let mut still = Vec::new();
-    let gone = eventually(8000, || {
+    let gone = eventually(scan_deadline_ms(), || {
         still = listed(&alloc).unwrap_or_else(|_| inodes.clone());
         still.is_empty()
     });
@@ -331,7 +333,7 @@ fn killed_app_buffers_leave_the_service_report_and_free_its_quota() -> Outcome {
 /// Waits until uid 10003 can hold its whole quota (4 buffers) at once.
 fn small_quota_is_whole_again() -> Outcome {
     let mut last = String::new();
-    let whole = eventually(8000, || {
+    let whole = eventually(scan_deadline_ms(), || {
         match app::run_as(APP_SMALL_QUOTA, "hold-briefly", &["4"]) {
             Ok(out) if out == "ok" => true,
             Ok(out) => {

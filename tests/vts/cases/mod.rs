@@ -11,6 +11,7 @@ mod exact;
 mod fuzz;
 mod isolation;
 pub mod lifecycle;
+mod load;
 mod memtrack;
 mod paging;
 mod reports;
@@ -32,8 +33,11 @@ pub fn all() -> Vec<Case> {
     cases.extend(stress::cases());
     cases.extend(bpf::cases());
     cases.extend(exact::cases());
+    cases.extend(load::cases());
     // Last: it kills and restarts the service.
     cases.extend(exact::restart_cases());
+    // Last too: it kills apps and the service mid-load and restarts it.
+    cases.extend(load::chaos_cases());
     cases
 }
 
@@ -49,6 +53,7 @@ pub fn app_role(name: &str) -> Option<Role> {
         stress::roles(),
         bpf::roles(),
         exact::roles(),
+        load::roles(),
     ]
     .into_iter()
     .flatten()

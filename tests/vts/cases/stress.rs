@@ -7,11 +7,11 @@ use std::process::Stdio;
 
 use dmabufd::sys::SyncDirection;
 
-use crate::app::{self, RoleResult, APP_A, APP_B};
+use crate::app::{self, RoleResult, APP_A, APP_B, APP_SMALL_QUOTA};
 use crate::ensure;
 use crate::harness::{Case, Outcome};
 use crate::proc_scan;
-use crate::support::{connect, eventually, service_answers, KIB, MIB};
+use crate::support::{connect, eventually, service_answers, KIB, MIB, SETTLE_MS};
 
 pub fn cases() -> Vec<Case> {
     vec![
@@ -36,8 +36,6 @@ pub fn roles() -> Vec<(&'static str, app::Role)> {
 
 const CHURN_SIZES: [u64; 4] = [4 * KIB, 64 * KIB, MIB, 2 * MIB];
 const ROOT: u32 = 0;
-/// The VM config's default per-uid quota (tests/vm/guest-dmabufd.toml).
-const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
 /// RSS the service may gain over a second round of 4096 allocations. Seen
 /// in the VM: 0.3-0.8 MiB as the heap settles. A leaked mapping or copy of
 /// the buffers would be gigabytes; this also catches leaking 512+ bytes per
@@ -66,7 +64,7 @@ fn service_footprint(pid: i32) -> Result<Footprint, String> {
 /// /proc scan in flight holds a directory fd for a moment, a leak stays.
 fn fds_return_to(pid: i32, before: &Footprint) -> Result<Footprint, String> {
     let mut now = service_footprint(pid)?;
-    eventually(3000, || {
+    eventually(SETTLE_MS, || {
         now = service_footprint(pid).unwrap_or(Footprint {
             fds: before.fds.clone(),
             rss_kb: 0,
@@ -111,11 +109,20 @@ fn allocate_free_1024_times_per_size_does_not_grow_service_fds_or_rss() -> Outco
     service_answers(&connect()?)
 }
 
-/// An app that never holds more than one 1 MiB buffer may allocate and free
+/// An app that never holds more than one buffer may allocate and free far
 /// more than its quota's total: quota limits live buffers, not history.
+/// Run as uid 10003 (4 buffers / 1 MiB in the VM config), so the quota is
+/// reached every fourth cycle of the small sizes and every cycle of the
+/// 1 MiB one however fast the machine is: each of those allocations goes
+/// through the refusal path's look for freed buffers, not only through the
+/// background scan keeping up (under the default 1 GiB quota, a slow
+/// machine's scans dropped the freed records before the quota was ever
+/// reached). 500 cycles per size: ~630 MiB through a 1 MiB quota.
 fn alloc_free_churn_past_the_quota_total_is_not_refused_for_freed_buffers() -> Outcome {
-    let count = (DEFAULT_QUOTA_BYTES / MIB * 3 / 2).to_string();
-    let out = app::run_as(APP_B, "churn", &[&count, &MIB.to_string()])?;
+    let sizes = [4 * KIB, 256 * KIB, MIB].map(|s| s.to_string());
+    let mut args = vec!["500"];
+    args.extend(sizes.iter().map(String::as_str));
+    let out = app::run_as(APP_SMALL_QUOTA, "churn", &args)?;
     ensure!(out == "ok", "churn printed {out:?}");
     Ok(())
 }

@@ -1,0 +1,155 @@
+//! Pieces of the load harness shared by the host load and chaos tests
+//! (`tests/load.rs`, `tests/chaos.rs`) and the VM suite's load case
+//! (`tests/vts/cases/load.rs`, which includes this file by path): the mixed
+//! request sizes, latency percentiles and the service footprint samples
+//! judged flat from the second quarter of a run to its end.
+#![allow(dead_code)]
+
+/// Buffers an app holds at most; the oldest is freed for a new one.
+pub const HOLD: usize = 4;
+/// The largest request.
+pub const MAX_SIZE: u64 = 1 << 20;
+
+/// A request size from one random word: mostly powers of two from 4 KiB to
+/// 1 MiB, one in four an odd size up to 1 MiB (page-rounded by the service).
+pub fn mixed_size(r: u64) -> u64 {
+    if r % 4 == 0 {
+        1 + (r >> 8) % MAX_SIZE
+    } else {
+        4096 << ((r >> 8) % 9)
+    }
+}
+
+/// The `p` quantile (0..=1) of sorted latencies; 0 for none.
+pub fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Latencies (µs) as an app writes them: u32 little-endian each.
+pub fn encode_latencies(lat: &[u32]) -> Vec<u8> {
+    lat.iter().flat_map(|l| l.to_le_bytes()).collect()
+}
+
+/// The latencies of every file in `paths`, sorted.
+pub fn read_latencies(paths: &[std::path::PathBuf]) -> Vec<u32> {
+    let mut v: Vec<u32> = paths
+        .iter()
+        .flat_map(|p| {
+            std::fs::read(p)
+                .unwrap_or_default()
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Open fds of `pid`, leaving out buffers in flight (memfd or dma-buf) and
+/// the procfs files its scanner holds for a moment.
+pub fn fds_without_buffers(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| {
+                            let l = l.to_string_lossy();
+                            !l.starts_with("/proc/")
+                                && !l.starts_with("/memfd:")
+                                && !l.contains("dmabuf")
+                        })
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// VmRSS of `pid` in bytes (0 when unreadable).
+pub fn vm_rss(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// One look at the service during a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Seconds since the run started.
+    pub at: f64,
+    pub fds: usize,
+    pub rss: u64,
+}
+
+impl Sample {
+    pub fn take(pid: i32, start: std::time::Instant) -> Sample {
+        Sample {
+            at: start.elapsed().as_secs_f64(),
+            fds: fds_without_buffers(pid),
+            rss: vm_rss(pid),
+        }
+    }
+}
+
+/// The footprint from the start of the second quarter of a run to its end.
+#[derive(Clone, Copy, Debug)]
+pub struct Footprint {
+    /// The first sample of the second quarter.
+    pub q2: Sample,
+    pub max_fds: usize,
+    pub max_rss: u64,
+}
+
+impl Footprint {
+    /// `samples` of a run that lasted `total` seconds (at least one sample).
+    pub fn from_second_quarter(samples: &[Sample], total: f64) -> Footprint {
+        let q2 = samples
+            .iter()
+            .find(|s| s.at >= total / 4.0)
+            .or(samples.last())
+            .copied()
+            .expect("no footprint sample");
+        let (max_fds, max_rss) = samples
+            .iter()
+            .filter(|s| s.at >= q2.at)
+            .fold((0, 0), |(f, r), s| (f.max(s.fds), r.max(s.rss)));
+        Footprint {
+            q2,
+            max_fds,
+            max_rss,
+        }
+    }
+
+    /// Err naming what rose when fds rose more than `fd_slack` or VmRSS
+    /// more than `rss_slack` bytes over the second quarter.
+    pub fn check(&self, fd_slack: usize, rss_slack: u64) -> Result<(), String> {
+        if self.max_fds > self.q2.fds + fd_slack {
+            return Err(format!(
+                "service fds rose from {} at the start of the second quarter to {} (allowed +{fd_slack})",
+                self.q2.fds, self.max_fds
+            ));
+        }
+        if self.max_rss > self.q2.rss + rss_slack {
+            return Err(format!(
+                "service VmRSS rose from {} KiB at the start of the second quarter to {} KiB \
+                 (allowed +{} KiB)",
+                self.q2.rss / 1024,
+                self.max_rss / 1024,
+                rss_slack / 1024
+            ));
+        }
+        Ok(())
+    }
+}
