@@ -215,12 +215,12 @@ fn camera(sock: &Path, viewer: &Path) -> Result<(), String> {
     let a = Allocator::connect_rpc(sock).map_err(|e| e.to_string())?;
     let mut frames = Vec::new();
     for i in 0..3u8 {
-        let b = a
+        let mut b = a
             .allocate("camera", 1 << 20, &format!("cam-preview-{i}"))
             .map_err(|e| e.to_string())?;
         {
             let mut m = b.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-            m.as_mut_slice().ok_or("read-only map")?.fill(0x10 + i);
+            m.fill(0x10 + i).map_err(|e| e.to_string())?;
         }
         println!(
             "allocated {:?} from heap {} (alias camera): {} bytes, inode {}",
@@ -254,11 +254,12 @@ fn viewer(listen: &Path) -> Result<(), String> {
     let (_, fds) = sys::recv_fds(s.as_fd(), &mut buf).map_err(|e| e.to_string())?;
     let mut held = Vec::new();
     for fd in fds {
-        let b = crate::client::DmaBuffer::from_owned_fd(fd).map_err(|e| e.to_string())?;
-        let first = b
-            .map(SyncDirection::Read)
-            .map_err(|e| e.to_string())?
-            .as_slice()[0];
+        let mut b = crate::client::DmaBuffer::from_owned_fd(fd).map_err(|e| e.to_string())?;
+        let mut first = [0u8];
+        b.map(SyncDirection::Read)
+            .and_then(|m| m.read_at(0, &mut first))
+            .map_err(|e| e.to_string())?;
+        let first = first[0];
         println!(
             "received {:?} ({} bytes, inode {}), first byte {first:#04x}",
             b.name().unwrap_or_default(),

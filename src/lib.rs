@@ -1,11 +1,10 @@
 //! dmabufd: a DMA-BUF allocator HAL service over binder, with per-buffer
 //! accounting (owner, heap, size, name) and per-process memory reports.
 
-pub mod aidl {
-    //! Stubs generated from aidl/vendor/dmabuf.
-    #![allow(clippy::all, non_snake_case, non_camel_case_types, unused)]
-    rsbinder::include_aidl!("vendor_dmabuf");
-}
+/// Stubs generated from aidl/vendor/dmabuf (crates/dmabufd-aidl).
+pub use dmabufd_aidl as aidl;
+/// The client library (crates/dmabufd-client).
+pub use dmabufd_client as client;
 
 pub mod memtrack_aidl {
     //! Stubs generated from aidl/android/hardware/memtrack (IMemtrack v1).
@@ -20,14 +19,13 @@ pub mod proto {
 }
 
 /// The instance name registered with the service manager (and the RPC name).
-pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
+pub use dmabufd_client::SERVICE_NAME;
 
 /// The memtrack HAL instance the service also serves (when enabled).
 pub const MEMTRACK_SERVICE_NAME: &str = "android.hardware.memtrack.IMemtrack/default";
 
 pub mod accounting;
 pub mod allocator;
-pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;

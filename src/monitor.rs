@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::accounting::{self, Accounting, HwmTracker};
 use crate::allocator::Reclaimed;
-use crate::pool::Pools;
 use crate::metrics::Metrics;
+use crate::pool::Pools;
 use crate::procfs::{self, ProcessScan};
 use crate::registry::Registry;
 use crate::scan::{BufferKind, ScanSource};

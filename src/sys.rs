@@ -1,16 +1,19 @@
-//! The kernel's DMA-BUF, DMA-BUF heap and udmabuf ioctls, and mmap: the only
-//! `unsafe` code in the crate. Layouts follow include/uapi/linux/{dma-heap,
-//! dma-buf,udmabuf,bpf}.h.
+//! The kernel calls only the service makes: DMA-BUF heap and udmabuf
+//! allocation ioctls and the BPF iterator commands (the only `unsafe` code
+//! of the service crate). Layouts follow include/uapi/linux/{dma-heap,
+//! udmabuf,bpf}.h. What every buffer holder uses — the dma-buf ioctls,
+//! mmap, fd passing — is the client crate's, re-exported here.
 
-use std::ffi::CString;
+pub use dmabufd_client::sys::*;
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
 
 use nix::errno::Errno;
 
-/// Longest buffer name the kernel stores (DMA_BUF_NAME_LEN = 32 with the NUL).
-pub const DMA_BUF_NAME_MAX: usize = 31;
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -22,23 +25,6 @@ struct DmaHeapAllocationData {
 }
 
 #[repr(C)]
-struct DmaBufSync {
-    flags: u64,
-}
-
-#[repr(C)]
-struct DmaBufExportSyncFile {
-    flags: u32,
-    fd: i32,
-}
-
-#[repr(C)]
-struct DmaBufImportSyncFile {
-    flags: u32,
-    fd: i32,
-}
-
-#[repr(C)]
 struct UdmabufCreate {
     memfd: u32,
     flags: u32,
@@ -47,25 +33,8 @@ struct UdmabufCreate {
 }
 
 nix::ioctl_readwrite!(ioctl_dma_heap_alloc, b'H', 0x0, DmaHeapAllocationData);
-nix::ioctl_write_ptr!(ioctl_dma_buf_sync, b'b', 0, DmaBufSync);
-nix::ioctl_write_ptr!(ioctl_dma_buf_set_name_b, b'b', 1, u64);
-nix::ioctl_readwrite!(
-    ioctl_dma_buf_export_sync_file,
-    b'b',
-    2,
-    DmaBufExportSyncFile
-);
-nix::ioctl_write_ptr!(
-    ioctl_dma_buf_import_sync_file,
-    b'b',
-    3,
-    DmaBufImportSyncFile
-);
-nix::ioctl_write_ptr!(ioctl_udmabuf_create, b'u', 0x42, UdmabufCreate);
 
-fn errno(e: Errno) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
+nix::ioctl_write_ptr!(ioctl_udmabuf_create, b'u', 0x42, UdmabufCreate);
 
 /// Allocates `len` bytes from an open heap device (`O_RDWR|O_CLOEXEC`, no heap flags).
 pub fn dma_heap_alloc(heap: BorrowedFd<'_>, len: u64) -> io::Result<OwnedFd> {
@@ -80,71 +49,6 @@ pub fn dma_heap_alloc(heap: BorrowedFd<'_>, len: u64) -> io::Result<OwnedFd> {
     unsafe { ioctl_dma_heap_alloc(heap.as_raw_fd(), &mut data) }.map_err(errno)?;
     // SAFETY: on success the kernel installed a new fd that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(data.fd as RawFd) })
-}
-
-/// Names a dma-buf (DMA_BUF_SET_NAME_B). `name` must be <= 31 bytes without NUL.
-pub fn dma_buf_set_name(buf: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: the kernel reads a NUL-terminated string at the pointer; `c`
-    // outlives the call. The ioctl's declared u64 type is only its size code.
-    unsafe { ioctl_dma_buf_set_name_b(buf.as_raw_fd(), c.as_ptr() as *const u64) }
-        .map_err(errno)?;
-    Ok(())
-}
-
-/// Direction of CPU access for DMA_BUF_IOCTL_SYNC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncDirection {
-    Read,
-    Write,
-    ReadWrite,
-}
-
-impl SyncDirection {
-    fn bits(self) -> u64 {
-        match self {
-            SyncDirection::Read => 1,
-            SyncDirection::Write => 2,
-            SyncDirection::ReadWrite => 3,
-        }
-    }
-}
-
-/// DMA_BUF_IOCTL_SYNC start (`end == false`) or end of CPU access.
-pub fn dma_buf_sync(buf: BorrowedFd<'_>, dir: SyncDirection, end: bool) -> io::Result<()> {
-    let s = DmaBufSync {
-        flags: dir.bits() | if end { 4 } else { 0 },
-    };
-    // SAFETY: `s` is a live dma_buf_sync for the duration of the call.
-    unsafe { ioctl_dma_buf_sync(buf.as_raw_fd(), &s) }.map_err(errno)?;
-    Ok(())
-}
-
-/// The buffer's implicit fences as a sync_file (kernel 6.0+).
-pub fn dma_buf_export_sync_file(buf: BorrowedFd<'_>, dir: SyncDirection) -> io::Result<OwnedFd> {
-    let mut d = DmaBufExportSyncFile {
-        flags: dir.bits() as u32,
-        fd: -1,
-    };
-    // SAFETY: `d` is live and correctly laid out for the call.
-    unsafe { ioctl_dma_buf_export_sync_file(buf.as_raw_fd(), &mut d) }.map_err(errno)?;
-    // SAFETY: on success the kernel installed a new fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(d.fd) })
-}
-
-/// Adds a sync_file's fences to the buffer (kernel 6.0+).
-pub fn dma_buf_import_sync_file(
-    buf: BorrowedFd<'_>,
-    dir: SyncDirection,
-    sync_file: BorrowedFd<'_>,
-) -> io::Result<()> {
-    let d = DmaBufImportSyncFile {
-        flags: dir.bits() as u32,
-        fd: sync_file.as_raw_fd(),
-    };
-    // SAFETY: `d` is live; the kernel only reads it and the fd it names.
-    unsafe { ioctl_dma_buf_import_sync_file(buf.as_raw_fd(), &d) }.map_err(errno)?;
-    Ok(())
 }
 
 /// Turns `size` bytes of a sealed memfd into a dma-buf (close-on-exec).
@@ -171,263 +75,6 @@ fn libc_o_rdwr() -> i32 {
 
 fn libc_o_cloexec() -> i32 {
     nix::fcntl::OFlag::O_CLOEXEC.bits()
-}
-
-/// A shared mapping of a whole buffer, unmapped on drop.
-pub struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    writable: bool,
-}
-
-// SAFETY: the mapping is plain shared memory; access goes through &/&mut self.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; shared references only give shared slices.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps `len` bytes of `fd` from offset 0, read-write when `writable`.
-    pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
-        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-        let len_nz = std::num::NonZeroUsize::new(len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "cannot map 0 bytes"))?;
-        let prot = if writable {
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
-        } else {
-            ProtFlags::PROT_READ
-        };
-        // SAFETY: a fresh shared mapping chosen by the kernel (no fixed
-        // address), so it aliases no Rust object; it lives until drop.
-        let p = unsafe { mmap(None, len_nz, prot, MapFlags::MAP_SHARED, fd, 0) }.map_err(errno)?;
-        Ok(Mapping {
-            ptr: p.cast(),
-            len,
-            writable,
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr..ptr+len is mapped readable for the life of self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// Writable access; None for a read-only mapping (a write there would fault).
-    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        if !self.writable {
-            return None;
-        }
-        // SAFETY: ptr..ptr+len is mapped read-write for the life of self,
-        // and &mut self gives exclusive access within this process.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned; nothing borrows
-        // the slice any more (drop has &mut self).
-        let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-/// Sends `fds` with `data` over a Unix stream socket (SCM_RIGHTS). The
-/// fds travel with the first bytes the kernel takes; a short write (a
-/// signal, a full non-blocking socket) is completed, so the peer always
-/// gets all of `data`. Interrupted calls are retried; a full non-blocking
-/// socket is waited on.
-pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let rights = [ControlMessage::ScmRights(&raw)];
-    let mut sent = 0;
-    let mut fds_sent = raw.is_empty();
-    while sent < data.len() || !fds_sent {
-        let iov = [io::IoSlice::new(&data[sent..])];
-        let cmsg: &[ControlMessage<'_>] = if fds_sent { &[] } else { &rights };
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None) {
-            Ok(0) if sent < data.len() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("socket took 0 of the {} bytes left", data.len() - sent),
-                ))
-            }
-            Ok(n) => {
-                sent += n;
-                fds_sent = true;
-            }
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => wait_writable(sock)?,
-            Err(e) => return Err(errno(e)),
-        }
-    }
-    Ok(())
-}
-
-fn wait_writable(sock: BorrowedFd<'_>) -> io::Result<()> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    loop {
-        match poll(
-            &mut [PollFd::new(sock, PollFlags::POLLOUT)],
-            PollTimeout::NONE,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(errno(e)),
-        }
-    }
-}
-
-/// Most fds [`recv_fds`] accepts with one message.
-pub const MAX_RECV_FDS: usize = 16;
-
-/// Receives up to `buf.len()` bytes and the fds sent with them (SCM_RIGHTS,
-/// at most [`MAX_RECV_FDS`]). When the sender sent more fds than that the
-/// kernel truncates the control message (MSG_CTRUNC): that is an error,
-/// and the fds that did arrive are closed rather than leaked.
-pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_RECV_FDS]);
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg_space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(errno)?;
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        // `msg` (which borrows the buffer) is not used past this point.
-        let closed = take_rights(&cmsg_space).len();
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "fd passing truncated: the sender sent more than {MAX_RECV_FDS} fds in one \
-                 message; closed the {closed} that arrived"
-            ),
-        ));
-    }
-    let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(errno)? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            // SAFETY: SCM_RIGHTS installed these fds into this process's
-            // table for this message; nothing else refers to them yet.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    Ok((msg.bytes, fds))
-}
-
-/// The fds of every SCM_RIGHTS header in a control buffer the kernel filled
-/// (nix will not iterate a truncated one). The buffer starts zeroed, so a
-/// zero length ends the walk where the kernel stopped writing.
-fn take_rights(control: &[u8]) -> Vec<OwnedFd> {
-    use nix::libc::{cmsghdr, SCM_RIGHTS, SOL_SOCKET};
-    const ALIGN: usize = std::mem::size_of::<usize>();
-    let align = |n: usize| n.div_ceil(ALIGN) * ALIGN;
-    let hdr = align(std::mem::size_of::<cmsghdr>());
-    let word = |at: usize, len: usize| control.get(at..at + len);
-    let mut fds = Vec::new();
-    let mut at = 0;
-    while let Some(len_bytes) = word(at, ALIGN) {
-        let len = usize::from_ne_bytes(len_bytes.try_into().unwrap_or([0; ALIGN]));
-        if len < hdr || at + len > control.len() {
-            break;
-        }
-        let int =
-            |off: usize| word(at + off, 4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-        let (level, kind) = (int(ALIGN), int(ALIGN + 4));
-        if level == Some(SOL_SOCKET) && kind == Some(SCM_RIGHTS) {
-            for i in 0..(len - hdr) / 4 {
-                if let Some(fd) = int(hdr + 4 * i).filter(|&fd| fd >= 0) {
-                    // SAFETY: the kernel installed this fd into our table
-                    // for this message and wrote its number here; nothing
-                    // else refers to it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        at += align(len);
-    }
-    fds
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    use std::os::fd::AsFd;
-
-    fn pair() -> (OwnedFd, OwnedFd) {
-        socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap()
-    }
-
-    /// More fds than recv_fds has room for: the kernel truncates the
-    /// control message (MSG_CTRUNC). That is an error, and the fds that did
-    /// arrive are closed: here, every copy of a pipe's write end, so its
-    /// read end sees EOF.
-    #[test]
-    fn truncated_fd_passing_is_an_error_and_closes_what_arrived() {
-        let (a, b) = pair();
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
-        let copies: Vec<BorrowedFd<'_>> = (0..20).map(|_| w.as_fd()).collect();
-        send_fds(a.as_fd(), b"x", &copies).unwrap();
-        drop(w);
-        let e = recv_fds(b.as_fd(), &mut [0u8; 8]).unwrap_err();
-        let mut buf = [0u8; 1];
-        assert_eq!(
-            nix::unistd::read(r.as_fd(), &mut buf),
-            Ok(0),
-            "a received write end is still open"
-        );
-        assert!(e.to_string().contains("truncated"), "{e}");
-    }
-
-    /// A short write (here: a non-blocking socket whose buffer fills) does
-    /// not lose the rest of the data: send_fds sends it all, the fds once.
-    #[test]
-    fn short_writes_are_completed() {
-        let (a, b) = pair();
-        let flags = OFlag::from_bits_truncate(fcntl(a.as_fd(), FcntlArg::F_GETFL).unwrap());
-        fcntl(a.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
-        let data = vec![0xabu8; 4 << 20];
-        let reader = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            let (mut got, mut fds) = (0usize, 0usize);
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let (n, f) = recv_fds(b.as_fd(), &mut buf).unwrap();
-                if n == 0 {
-                    return (got, fds);
-                }
-                got += n;
-                fds += f.len();
-            }
-        });
-        let (_r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        let sent = send_fds(a.as_fd(), &data, &[w.as_fd()]);
-        drop(a);
-        let (got, fds) = reader.join().unwrap();
-        sent.unwrap();
-        assert_eq!((got, fds), (data.len(), 1));
-    }
 }
 
 /// `bpf(2)` commands and the attach type the iterator links use

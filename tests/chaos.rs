@@ -125,12 +125,10 @@ fn chaos_app() {
             (mixed_size(rng.next()), format!("chaos-{ok}"))
         };
         match a.allocate("system", size, &name) {
-            Ok(b) => {
+            Ok(mut b) => {
                 ok += 1;
                 if let Ok(mut m) = b.map(dmabufd::sys::SyncDirection::Write) {
-                    if let Some(s) = m.as_mut_slice() {
-                        s[0] = 1;
-                    }
+                    let _ = m.write_at(0, &[1]);
                 }
                 if anchor.is_none() {
                     anchor = Some(b);

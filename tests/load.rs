@@ -181,14 +181,12 @@ fn load_worker() {
         let r = a.allocate("system", size, &format!("load-{c}"));
         let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
         match r {
-            Ok(b) => {
+            Ok(mut b) => {
                 ok += 1;
                 lat.extend(us.to_le_bytes());
                 // Touch it, as an app would.
                 if let Ok(mut m) = b.map(dmabufd::sys::SyncDirection::Write) {
-                    if let Some(s) = m.as_mut_slice() {
-                        s[0] = 1;
-                    }
+                    let _ = m.write_at(0, &[1]);
                 }
                 held.push_back(b);
             }

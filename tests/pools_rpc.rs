@@ -62,7 +62,7 @@ fn a_batch_is_one_round_trip_of_named_owned_buffers_and_all_or_nothing_on_quota(
         my_uid()
     ));
     let a = svc.connect();
-    let v = a.allocate_batch("system", 4096, "ui-tile", 16).unwrap();
+    let v = a.allocate_batch("system", 4096, "ui-tile", 0, 16).unwrap();
     assert_eq!(v.len(), 16);
     let inodes: BTreeSet<u64> = v.iter().map(|b| b.inode()).collect();
     assert_eq!(inodes.len(), 16);
@@ -73,7 +73,7 @@ fn a_batch_is_one_round_trip_of_named_owned_buffers_and_all_or_nothing_on_quota(
     let h = &a.heaps().unwrap()[0];
     assert_eq!((h.bufferCount, h.allocatedBytes), (16, 16 * 4096));
     // 8 more would make 24 buffers: refused whole, usage unchanged.
-    let e = a.allocate_batch("system", 4096, "more", 8).unwrap_err();
+    let e = a.allocate_batch("system", 4096, "more", 0, 8).unwrap_err();
     assert_eq!(e.error_code(), Some(ErrorCode::QUOTA_EXCEEDED), "{e}");
     let h = &a.heaps().unwrap()[0];
     assert_eq!((h.bufferCount, h.allocatedBytes), (16, 16 * 4096));
@@ -84,7 +84,7 @@ fn a_batch_is_one_round_trip_of_named_owned_buffers_and_all_or_nothing_on_quota(
     );
     // Out of range counts name the range.
     for n in [0, 65] {
-        let e = a.allocate_batch("system", 4096, "", n).unwrap_err();
+        let e = a.allocate_batch("system", 4096, "", 0, n).unwrap_err();
         assert!(e.message().contains("allowed 1 to 64"), "{e}");
     }
     // dmabufctl alloc --count uses it.
@@ -126,12 +126,12 @@ fn pooled_buffers_are_handed_out_zeroed_named_and_the_service_keeps_no_fd_of_the
     // Held by the service, counted for nobody.
     assert_eq!(a.heaps().unwrap()[0].allocatedBytes, 0);
 
-    let b = a.allocate("camera", 65000, "cam-raw").unwrap();
+    let mut b = a.allocate("camera", 65000, "cam-raw").unwrap();
     assert!(pooled.contains(&b.inode()), "not from the pool");
     assert_eq!(b.size(), 65536);
     {
         let m = b.map(SyncDirection::Read).unwrap();
-        assert!(m.as_slice().iter().all(|&x| x == 0), "not zero-filled");
+        assert!(m.to_vec().iter().all(|&x| x == 0), "not zero-filled");
     }
     // The service keeps only the three still pooled.
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -9,7 +9,6 @@ use std::process::Stdio;
 
 use common::Service;
 use dmabufd::aidl::vendor::dmabuf::ErrorCode::ErrorCode;
-use dmabufd::sys::SyncDirection;
 use prost::Message;
 use rsbinder::ExceptionCode;
 
@@ -26,8 +25,9 @@ fn own_process_memory_counts_each_buffer_once_however_it_is_referenced() {
     let one = a.allocate("system", 64 << 10, "one").unwrap();
     let two = a.allocate("system", 1 << 20, "two").unwrap();
     let dup = one.fd().try_clone_to_owned().unwrap(); // two fds, one buffer
-    let _m1 = two.map(SyncDirection::Read).unwrap(); // fd and two maps
-    let _m2 = two.map(SyncDirection::Read).unwrap();
+                                                      // fd and two maps
+    let _m1 = dmabufd::sys::Mapping::new(two.fd(), 1 << 20, false).unwrap();
+    let _m2 = dmabufd::sys::Mapping::new(two.fd(), 1 << 20, false).unwrap();
     let m = a.process_memory(me()).unwrap();
     assert!(m.readable, "{}", m.error);
     assert_eq!(m.pid, me());

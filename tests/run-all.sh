@@ -21,13 +21,17 @@ apt_install() {
 # systemd provides systemd-analyze, which verifies the systemd unit there;
 # python3-prometheus-client parses the metrics in tests/metrics_prometheus.rs.
 apt_install checkpolicy m4 systemd python3-prometheus-client
+# The C API's test programs: the system C and C++ compilers and pkg-config.
+apt_install gcc g++ pkg-config
 
 echo "== lint"
-cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== host tests"
-cargo test --all-targets
+cargo test --workspace --all-targets
+# --all-targets leaves out doc-tests: the client's compile-fail and README examples.
+cargo test --workspace --doc
 
 echo "== real-kernel suite (QEMU)"
 tests/vm/run.sh

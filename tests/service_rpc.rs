@@ -68,17 +68,25 @@ fn allocations_of_several_sizes_are_page_rounded_named_and_counted() {
 #[test]
 fn mapped_buffer_reads_zero_then_what_was_written() {
     let svc = Service::start(CONFIG);
-    let b = svc.connect().allocate("system", 8192, "rw").unwrap();
+    let mut b = svc.connect().allocate("system", 8192, "rw").unwrap();
     {
         let mut m = b.map(SyncDirection::ReadWrite).unwrap();
-        assert!(m.as_slice().iter().all(|&x| x == 0));
-        m.as_mut_slice().unwrap().fill(0xaa);
+        assert_eq!(m.len(), 8192);
+        assert!(m.to_vec().iter().all(|&x| x == 0));
+        m.fill(0xaa).unwrap();
+        m.write_at(8190, &[1, 2]).unwrap();
+        let past = m.write_at(8191, &[1, 2]).unwrap_err();
+        assert!(past.to_string().contains("past the end"), "{past}");
     }
     let mut m = b.map(SyncDirection::Read).unwrap();
-    assert!(m.as_slice().iter().all(|&x| x == 0xaa));
-    assert!(
-        m.as_mut_slice().is_none(),
-        "a read mapping gives no write access"
+    let bytes = m.to_vec();
+    assert!(bytes[..8190].iter().all(|&x| x == 0xaa));
+    assert_eq!(bytes[8190..], [1, 2]);
+    let e = m.fill(0).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "a read mapping gives no write access: {e}"
     );
 }
 
@@ -143,11 +151,11 @@ default_buffers = 2
 fn the_service_keeps_no_fd_and_no_mapping_of_buffers_it_handed_out() {
     let svc = Service::start(CONFIG);
     let a = svc.connect();
-    let held: Vec<_> = (0..16)
+    let mut held: Vec<_> = (0..16)
         .map(|i| a.allocate("system", 64 << 10, &format!("b{i}")).unwrap())
         .collect();
     let _maps: Vec<_> = held
-        .iter()
+        .iter_mut()
         .map(|b| b.map(SyncDirection::Read).unwrap())
         .collect();
     // The client really holds them ...
@@ -160,12 +168,8 @@ fn the_service_keeps_no_fd_and_no_mapping_of_buffers_it_handed_out() {
 #[test]
 fn a_buffer_passed_to_another_process_is_readable_there() {
     let svc = Service::start(CONFIG);
-    let b = svc.connect().allocate("system", 4096, "passed").unwrap();
-    b.map(SyncDirection::Write)
-        .unwrap()
-        .as_mut_slice()
-        .unwrap()
-        .fill(0x5a);
+    let mut b = svc.connect().allocate("system", 4096, "passed").unwrap();
+    b.map(SyncDirection::Write).unwrap().fill(0x5a).unwrap();
     let (mut child, line) = common::pass_to_viewer(&svc, &b);
     assert!(line.contains("\"passed\""), "{line}");
     assert!(line.contains(&format!("inode {}", b.inode())), "{line}");
@@ -347,10 +351,11 @@ fn one_hundred_threads_of_one_client_allocate_map_and_free_concurrently() {
         .map(|i| {
             let a = a.clone();
             std::thread::spawn(move || {
-                let b = a.allocate("system", 4096, &format!("t{i}")).unwrap();
+                let mut b = a.allocate("system", 4096, &format!("t{i}")).unwrap();
                 let mut m = b.map(SyncDirection::ReadWrite).unwrap();
-                m.as_mut_slice().unwrap()[0] = i as u8;
-                assert_eq!(m.as_slice()[0], i as u8);
+                m.write_at(0, &[i as u8]).unwrap();
+                assert_eq!(m.to_vec()[0], i as u8);
+                drop(m);
                 b.inode()
             })
         })

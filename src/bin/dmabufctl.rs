@@ -129,7 +129,7 @@ fn alloc_cmd(a: &Allocator, args: &[String]) -> Result<(), String> {
             "--name" => name = it.next().ok_or("--name needs a value")?.clone(),
             "--count" => {
                 let v = it.next().ok_or("--count needs a number")?;
-                count = Some(v.parse::<i32>().map_err(|_| {
+                count = Some(v.parse::<usize>().map_err(|_| {
                     format!("--count {v:?}: expected a number of buffers (1 to 64)")
                 })?);
             }
@@ -153,7 +153,7 @@ fn alloc_cmd(a: &Allocator, args: &[String]) -> Result<(), String> {
     let bufs = match count {
         // One batch, all or nothing.
         Some(n) => a
-            .allocate_batch(heap, bytes as u64, &name, n)
+            .allocate_batch(heap, bytes as u64, &name, 0, n)
             .map_err(|e| e.to_string())?,
         None => vec![a
             .allocate_raw(heap, bytes, &name, 0)

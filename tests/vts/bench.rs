@@ -185,7 +185,8 @@ fn pools(heap: &std::fs::File) -> Result<(), String> {
             })? / f64::from(BATCH),
         );
         batch.push(
-            timed(|| kernel.allocate_batch("system", 4 * KIB, "bench", BATCH))? / f64::from(BATCH),
+            timed(|| kernel.allocate_batch("system", 4 * KIB, "bench", 0, BATCH as usize))?
+                / f64::from(BATCH),
         );
     }
     let (direct, batch) = (Samples(direct), Samples(batch));

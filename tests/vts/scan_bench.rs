@@ -34,12 +34,12 @@ pub fn roles() -> Vec<(&'static str, app::Role)> {
 /// stdin closes.
 fn bench_holder(_: &[&str]) -> RoleResult {
     let alloc = Allocator::connect_kernel().map_err(|e| e.to_string())?;
-    let bufs = (0..BUFFERS_EACH)
+    let mut bufs = (0..BUFFERS_EACH)
         .map(|i| alloc.allocate("system", 16 * KIB, &format!("held-{i}")))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let maps = bufs
-        .iter()
+        .iter_mut()
         .take(MAPPED_EACH)
         .map(|b| b.map(dmabufd::sys::SyncDirection::Read))
         .collect::<Result<Vec<_>, _>>()

@@ -182,20 +182,21 @@ fn zero_after_reuse(_: &[&str]) -> RoleResult {
             })
             .collect()
     };
-    let dirty = batch("dirty")?;
-    for buf in &dirty {
+    let mut dirty = batch("dirty")?;
+    for buf in &mut dirty {
         let mut map = buf.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-        map.as_mut_slice()
-            .ok_or("write map is read-only")?
-            .fill(0xaa);
+        map.fill(0xaa).map_err(|e| e.to_string())?;
     }
     drop(dirty);
-    for (i, buf) in batch("fresh")?.iter().enumerate() {
-        let map = buf.map(SyncDirection::Read).map_err(|e| e.to_string())?;
-        if let Some(pos) = map.as_slice().iter().position(|b| *b != 0) {
+    for (i, buf) in batch("fresh")?.iter_mut().enumerate() {
+        let bytes = buf
+            .map(SyncDirection::Read)
+            .map_err(|e| e.to_string())?
+            .to_vec();
+        if let Some(pos) = bytes.iter().position(|b| *b != 0) {
             return Err(format!(
                 "fresh buffer {i} has {:#04x} at offset {pos}",
-                map.as_slice()[pos]
+                bytes[pos]
             ));
         }
     }
@@ -204,35 +205,33 @@ fn zero_after_reuse(_: &[&str]) -> RoleResult {
 
 fn cpu_sync(_: &[&str]) -> RoleResult {
     let alloc = connect()?;
-    let buf = alloc
+    let mut buf = alloc
         .allocate("system", 64 * KIB, "vts-sync")
         .map_err(|e| e.to_string())?;
     {
         let mut w = buf
             .map(SyncDirection::Write)
             .map_err(|e| format!("write start: {e}"))?;
-        w.as_mut_slice().ok_or("write map is read-only")?.fill(0x5a);
+        w.fill(0x5a).map_err(|e| e.to_string())?;
     }
     {
         let mut rw = buf
             .map(SyncDirection::ReadWrite)
             .map_err(|e| format!("read-write start: {e}"))?;
-        let s = rw.as_mut_slice().ok_or("read-write map is read-only")?;
         ensure!(
-            s.iter().all(|b| *b == 0x5a),
+            rw.to_vec().iter().all(|b| *b == 0x5a),
             "read-write sees other bytes than written"
         );
-        s[..4096].fill(0xa5);
+        rw.write_at(0, &[0xa5; 4096]).map_err(|e| e.to_string())?;
     }
     let r = buf
         .map(SyncDirection::Read)
-        .map_err(|e| format!("read start: {e}"))?;
+        .map_err(|e| format!("read start: {e}"))?
+        .to_vec();
     ensure!(
-        r.as_slice()[..4096].iter().all(|b| *b == 0xa5)
-            && r.as_slice()[4096..].iter().all(|b| *b == 0x5a),
+        r[..4096].iter().all(|b| *b == 0xa5) && r[4096..].iter().all(|b| *b == 0x5a),
         "read sees other bytes than written"
     );
-    drop(r);
     // The raw ioctls too, so a silently skipped sync cannot pass: start/end pairs.
     for dir in [
         SyncDirection::Read,
@@ -250,24 +249,22 @@ fn udmabuf_basic(_: &[&str]) -> RoleResult {
     let alloc = connect()?;
     for size in [4 * KIB, MIB, 8 * MIB + 1] {
         let name = format!("vts-udma-{size}");
-        let buf = alloc
+        let mut buf = alloc
             .allocate("udmabuf", size, &name)
             .map_err(|e| format!("allocate udmabuf {size}: {e}"))?;
         let want = page_align(size).ok_or("page_align overflow")?;
         check_fdinfo(&buf, "udmabuf", &name, want).map_err(|e| format!("udmabuf {size}: {e}"))?;
         {
             let mut w = buf.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-            let s = w.as_mut_slice().ok_or("write map is read-only")?;
-            for (i, b) in s.iter_mut().enumerate() {
-                *b = (i % 251) as u8;
-            }
+            let pattern: Vec<u8> = (0..w.len()).map(|i| (i % 251) as u8).collect();
+            w.write_at(0, &pattern).map_err(|e| e.to_string())?;
         }
-        let r = buf.map(SyncDirection::Read).map_err(|e| e.to_string())?;
+        let r = buf
+            .map(SyncDirection::Read)
+            .map_err(|e| e.to_string())?
+            .to_vec();
         ensure!(
-            r.as_slice()
-                .iter()
-                .enumerate()
-                .all(|(i, b)| *b == (i % 251) as u8),
+            r.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
             "udmabuf {size}: read back differs from what was written"
         );
     }

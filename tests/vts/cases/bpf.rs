@@ -356,7 +356,7 @@ fn list_and_compare(
         .into_iter()
         .filter(|m| m.tgid == me())
         .collect();
-    let start = map.as_slice().as_ptr() as u64;
+    let start = map.as_ptr() as u64;
     ensure!(
         maps == vec![MapRef {
             tgid: me(),
@@ -557,7 +557,7 @@ fn bpf_iterators_still_read_after_dropping_every_capability() -> Outcome {
         got_fds == want_fds,
         "child saw my fds {got_fds:?}, want {want_fds:?}"
     );
-    let start = map.as_slice().as_ptr() as u64;
+    let start = map.as_ptr() as u64;
     let want_map = format!("map {start} {} 0 {}", start + 8 * KIB, held[0].inode);
     let got_maps: Vec<&str> = out.lines().filter(|l| l.starts_with("map ")).collect();
     ensure!(

@@ -113,19 +113,19 @@ fn hold(args: &[&str]) -> RoleResult {
     let count: usize = count.parse().map_err(|_| "bad count")?;
     let mapped: usize = mapped.parse().map_err(|_| "bad mapped")?;
     let alloc = connect()?;
-    let buffers = (0..count)
+    let mut buffers = (0..count)
         .map(|i| {
             alloc
                 .allocate(heap, size, &format!("vts-held-{i}"))
                 .map_err(|e| format!("allocate {i}: {e}"))
         })
         .collect::<Result<Vec<DmaBuffer>, String>>()?;
+    let inodes: Vec<String> = buffers.iter().map(|b| b.inode().to_string()).collect();
     let maps = buffers
-        .iter()
+        .iter_mut()
         .take(mapped)
         .map(|b| b.map(SyncDirection::ReadWrite).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, String>>()?;
-    let inodes: Vec<String> = buffers.iter().map(|b| b.inode().to_string()).collect();
     println!("holding {}", inodes.join(" "));
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -201,19 +201,13 @@ fn buffer_passed_from_app_a_to_app_b_reads_back_a_bytes_in_b() -> Outcome {
 /// `send`: allocates, fills, and passes the buffer over the socket on stdin.
 fn send(_: &[&str]) -> RoleResult {
     let alloc = connect()?;
-    let buf = alloc
+    let mut buf = alloc
         .allocate("system", SHARED_SIZE, "vts-shared")
         .map_err(|e| e.to_string())?;
     {
         let mut m = buf.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-        for (i, b) in m
-            .as_mut_slice()
-            .ok_or("read-only map")?
-            .iter_mut()
-            .enumerate()
-        {
-            *b = pattern(i);
-        }
+        let bytes: Vec<u8> = (0..m.len()).map(pattern).collect();
+        m.write_at(0, &bytes).map_err(|e| e.to_string())?;
     }
     let stdin = std::io::stdin();
     sys::send_fds(
@@ -233,7 +227,7 @@ fn recv(_: &[&str]) -> RoleResult {
         sys::recv_fds(stdin.as_fd(), &mut msg).map_err(|e| format!("receiving: {e}"))?;
     let sent_inode = String::from_utf8_lossy(&msg[..n]).to_string();
     ensure!(fds.len() == 1, "received {} fds", fds.len());
-    let buf = DmaBuffer::from_owned_fd(fds.remove(0)).map_err(|e| e.to_string())?;
+    let mut buf = DmaBuffer::from_owned_fd(fds.remove(0)).map_err(|e| e.to_string())?;
     ensure!(buf.is_dmabuf(), "received fd is not a dma-buf");
     ensure!(
         buf.inode().to_string() == sent_inode,
@@ -246,16 +240,14 @@ fn recv(_: &[&str]) -> RoleResult {
         "received name {:?}",
         buf.name()
     );
-    let m = buf.map(SyncDirection::Read).map_err(|e| e.to_string())?;
-    if let Some(i) = m
-        .as_slice()
-        .iter()
-        .enumerate()
-        .position(|(i, b)| *b != pattern(i))
-    {
+    let m = buf
+        .map(SyncDirection::Read)
+        .map_err(|e| e.to_string())?
+        .to_vec();
+    if let Some(i) = m.iter().enumerate().position(|(i, b)| *b != pattern(i)) {
         return Err(format!(
             "byte {i} is {:#04x}, A wrote {:#04x}",
-            m.as_slice()[i],
+            m[i],
             pattern(i)
         ));
     }

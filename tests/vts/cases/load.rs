@@ -94,11 +94,11 @@ fn load_app(args: &[&str]) -> RoleResult {
         let r = alloc.allocate("system", size, &format!("load-{c}"));
         let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
         match r {
-            Ok(b) => {
+            Ok(mut b) => {
                 ok += 1;
                 lat.push(us);
                 let mut m = b.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-                m.as_mut_slice().ok_or("read-only mapping")?[0] = 1;
+                m.write_at(0, &[1]).map_err(|e| e.to_string())?;
                 drop(m);
                 held.push_back(b);
             }

@@ -163,7 +163,7 @@ impl Drop for PoolService {
 fn batch_on_the_system_heap() -> Outcome {
     let a = connect()?;
     let v = a
-        .allocate_batch("system", 4 * KIB, "ui-tile", 16)
+        .allocate_batch("system", 4 * KIB, "ui-tile", 0, 16)
         .map_err(|e| format!("allocateBatch: {e}"))?;
     ensure!(v.len() == 16, "{} buffers", v.len());
     let me = std::process::id() as i32;
@@ -186,7 +186,7 @@ fn batch_on_the_system_heap() -> Outcome {
 fn batch_quota(_: &[&str]) -> RoleResult {
     let a = connect()?;
     let me = std::process::id() as i32;
-    let e = match a.allocate_batch("system", 256 * KIB, "q", 5) {
+    let e = match a.allocate_batch("system", 256 * KIB, "q", 0, 5) {
         Ok(_) => return Err("a batch of 5 passed a 4-buffer quota".into()),
         Err(e) => e,
     };
@@ -194,7 +194,7 @@ fn batch_quota(_: &[&str]) -> RoleResult {
         return Err(format!("batch of 5: {e}"));
     }
     let v = a
-        .allocate_batch("system", 256 * KIB, "q", 4)
+        .allocate_batch("system", 256 * KIB, "q", 0, 4)
         .map_err(|e| format!("batch of 4 after the refusal: {e}"))?;
     for b in &v {
         let info = proc_scan::fdinfo(me, b.fd().as_raw_fd())?;
@@ -220,7 +220,7 @@ fn pool_hand_out() -> Outcome {
     let pooled = svc.held_inodes();
     ensure!(pooled.len() == 4, "the service holds {pooled:?}");
     let me = std::process::id() as i32;
-    let b = a
+    let mut b = a
         .allocate("system", MIB, "cam-raw")
         .map_err(|e| format!("allocate: {e}"))?;
     ensure!(pooled.contains(&b.inode()), "not a pooled buffer");
@@ -231,7 +231,7 @@ fn pool_hand_out() -> Outcome {
     );
     {
         let m = b.map(SyncDirection::Read).map_err(|e| e.to_string())?;
-        ensure!(m.as_slice().iter().all(|&x| x == 0), "not zero-filled");
+        ensure!(m.to_vec().iter().all(|&x| x == 0), "not zero-filled");
     }
     // Unmapped by anyone else: no process but us maps it.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", svc.pid())).unwrap_or_default();

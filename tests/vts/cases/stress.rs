@@ -135,12 +135,12 @@ fn churn(args: &[&str]) -> RoleResult {
     for size in sizes {
         let size: u64 = size.parse().map_err(|_| "bad size")?;
         for i in 0..count {
-            let buf = alloc
+            let mut buf = alloc
                 .allocate("system", size, "vts-churn")
                 .map_err(|e| format!("{size} bytes, cycle {i}: {e}; {}", churn_evidence()))?;
             if i % 64 == 0 {
                 let mut m = buf.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-                m.as_mut_slice().ok_or("read-only map")?[0] = 1;
+                m.write_at(0, &[1]).map_err(|e| e.to_string())?;
             }
         }
     }
