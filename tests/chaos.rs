@@ -144,6 +144,12 @@ fn chaos_app() {
                     std::fs::rename(&tmp, &progress).unwrap();
                 }
             }
+            // The client library reconnected by itself (with backoff) and
+            // says the allocation in flight was lost: retry on it.
+            Err(e) if e.kind() == dmabufd::client::ErrorKind::ServiceRestarted => {
+                interrupted += 1;
+            }
+            // It gave up waiting (ErrorKind::Unavailable): a new connection.
             Err(e) if is_transport(&e) => {
                 interrupted += 1;
                 a = connect_with_backoff(&socket)

@@ -405,6 +405,12 @@ fn chaos_app(args: &[&str]) -> RoleResult {
                 std::fs::write(&tmp, ok.to_string()).map_err(|e| e.to_string())?;
                 std::fs::rename(&tmp, &progress).map_err(|e| e.to_string())?;
             }
+            // The client library reconnected by itself (with backoff) and
+            // says the allocation in flight was lost: retry on it.
+            Err(e) if e.kind() == dmabufd::client::ErrorKind::ServiceRestarted => {
+                interrupted += 1;
+            }
+            // It gave up waiting (ErrorKind::Unavailable): a new connection.
             Err(e) if is_transport(&e) => {
                 interrupted += 1;
                 alloc = connect_with_backoff()
