@@ -16,17 +16,33 @@ fn profile_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// The service binary, built now so it is never stale.
-fn dmabufd_binary() -> PathBuf {
+/// `cargo build` of `args` in this test's profile. Cargo does not build a
+/// package's cdylib/staticlib (nor another package's binary) before
+/// running its integration tests, so the test builds what it links and runs.
+fn cargo_build(args: &[&str]) {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "dmabufd", "--bin", "dmabufd"])
+    cmd.arg("build")
+        .args(args)
         .current_dir(crate_dir().join("../.."));
     if profile_dir().file_name().is_some_and(|p| p == "release") {
         cmd.arg("--release");
     }
-    let status = cmd.status().expect("cargo build dmabufd");
-    assert!(status.success(), "building dmabufd failed");
+    let status = cmd.status().expect("cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
+/// The service binary, built now so it is never stale.
+fn dmabufd_binary() -> PathBuf {
+    cargo_build(&["-p", "dmabufd", "--bin", "dmabufd"]);
     profile_dir().join("dmabufd")
+}
+
+/// The C library (shared and static), built now: a clean checkout has none.
+fn build_library() {
+    cargo_build(&["-p", "dmabufd-capi", "--lib"]);
+    for lib in ["libdmabufd_c.so", "libdmabufd_c.a"] {
+        assert!(profile_dir().join(lib).exists(), "cargo built no {lib}");
+    }
 }
 
 struct Service {
@@ -146,6 +162,7 @@ fn c_program_allocates_maps_passes_and_gets_every_error_code() {
         "c",
         "[heaps]\ndefault_max_size = \"16M\"\n[quota]\ndefault_buffers = 4\n",
     );
+    build_library();
     write_pc(&svc.dir);
     let mut link = pkg_config(&svc.dir, &["--libs"]);
     link.push(format!("-Wl,-rpath,{}", profile_dir().display()));
@@ -158,6 +175,7 @@ fn c_program_allocates_maps_passes_and_gets_every_error_code() {
 #[test]
 fn cpp_buffer_allocator_program_allocates_syncs_and_reports_errors() {
     let svc = Service::start("cpp", "[heaps]\ndefault_max_size = \"16M\"\n");
+    build_library();
     write_pc(&svc.dir);
     let mut link = vec![profile_dir().join("libdmabufd_c.a").display().to_string()];
     link.extend(
