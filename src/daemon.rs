@@ -58,6 +58,7 @@ enum Serving {
 /// `STATUS=` line — only now: registered or listening, heaps open — and
 /// starts the `WATCHDOG=1` pings when `$WATCHDOG_USEC` is set.
 pub fn start(opts: &Options) -> Result<Running, String> {
+    crate::sys::bound_malloc_arenas();
     let config = Config::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
     let (transport, fallback) = transport::choose(opts.rpc.clone(), opts.kernel);
     let notifier = match Notifier::from_env() {

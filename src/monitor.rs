@@ -420,7 +420,7 @@ impl Monitor {
             }
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.refresh()).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => crate::sys::release_free_heap(),
                 Ok(Err(e)) => log::warn!("background scan: {e}; records kept"),
                 Err(e) => log::error!("background scan failed: {e}"),
             }
