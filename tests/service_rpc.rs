@@ -254,7 +254,7 @@ fn dmabufctl_finds_the_service_and_reports_refusals_with_non_zero_exit() {
         "{text}"
     );
     // --rpc works as well as the environment variable.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmabufctl"))
+    let out = std::process::Command::new(common::dmabufctl_exe())
         .arg("--rpc")
         .arg(&svc.socket)
         .args(["alloc", "nope", "4K"])

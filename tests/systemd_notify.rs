@@ -2,6 +2,8 @@
 //! `$NOTIFY_SOCKET` names a datagram socket this test binds, and
 //! `$WATCHDOG_USEC` is set when the unit has `WatchdogSec=`.
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -103,7 +105,7 @@ fn ready_comes_after_the_socket_accepts_with_a_status_line_and_no_watchdog_unles
         status.contains(&format!("serving on RPC binder on unix:{}", sock.display())),
         "{status}"
     );
-    let source = Command::new(env!("CARGO_BIN_EXE_dmabufctl"))
+    let source = Command::new(common::dmabufctl_exe())
         .args(["dump", "--source"])
         .env("DMABUFD_SOCKET", &sock)
         .output()

@@ -3,7 +3,7 @@
 //! (the same data, field for field), and the text dump ([`text`]).
 
 pub mod dump_args;
-pub mod escape;
+pub use dmabufd_client::escape;
 pub mod paging;
 pub mod prometheus;
 pub mod text;

@@ -16,6 +16,30 @@ pub mod rng;
 #[allow(unused_imports)]
 pub use rng::Rng;
 
+/// The `dmabufctl` binary. The CLI is its own package (a client like any
+/// app, linking only the client crate), so cargo does not build it for this
+/// package's tests: it is built here, once per test binary, in this
+/// profile.
+pub fn dmabufctl_exe() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = Path::new(env!("CARGO_BIN_EXE_dmabufd")).parent().unwrap();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "dmabufctl"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile.file_name().is_some_and(|p| p == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("cargo build -p dmabufctl");
+            assert!(status.success(), "building dmabufctl failed");
+            let exe = profile.join("dmabufctl");
+            assert!(exe.exists(), "cargo built no {}", exe.display());
+            exe
+        })
+        .clone()
+}
+
 /// Starts dmabufd on `socket` with `dir/dmabufd.toml`. Its stderr goes to
 /// `dir/dmabufd.log` when that file exists ([`Service::start_logged`]),
 /// appended across restarts; else to the test's stderr.
@@ -152,7 +176,7 @@ impl Service {
 
     /// A dmabufctl command aimed at this service.
     pub fn ctl(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dmabufctl"));
+        let mut c = Command::new(dmabufctl_exe());
         c.env("DMABUFD_SOCKET", &self.socket)
             .env("DMABUFD_LOG", "warn");
         c

@@ -178,7 +178,7 @@ install_rsbinder_tools() {
 
 build_binaries() {
     log "building dmabufd, dmabufctl and the vts suite (release)"
-    (cd "$repo" && cargo build --release --bins --quiet)
+    (cd "$repo" && cargo build --release --quiet -p dmabufd -p dmabufctl --bins)
     local json
     json=$(cd "$repo" && cargo test --release --no-run --test vts --message-format=json --quiet)
     vts_exe=$(printf '%s\n' "$json" | grep '"reason":"compiler-artifact"' | grep '"name":"vts"' |

@@ -11,6 +11,7 @@ use rsbinder::{ExceptionCode, Status, Strong};
 
 pub use dmabufd_aidl as aidl;
 
+pub mod escape;
 pub mod sys;
 pub mod transport;
 
@@ -712,6 +713,25 @@ fn check_name(name: &str) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Parses "4096", "64K", "1M", "2G" (binary units; case-insensitive, optional "iB"/"B").
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let t = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, shift) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 10),
+        'm' => (&t[..t.len() - 1], 20),
+        'g' => (&t[..t.len() - 1], 30),
+        't' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    n.checked_mul(1u64 << shift)
 }
 
 #[cfg(test)]

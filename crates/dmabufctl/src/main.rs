@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dmabufd::aidl::vendor::dmabuf::{MemoryReport::MemoryReport, ProcessMemory::ProcessMemory};
-use dmabufd::client::{heap_kind_name, Allocator};
-use dmabufd::config::parse_size;
-use dmabufd::report::escape::escape;
+use dmabufd_client::aidl::vendor::dmabuf::{
+    MemoryReport::MemoryReport, ProcessMemory::ProcessMemory,
+};
+use dmabufd_client::escape::escape;
+use dmabufd_client::{heap_kind_name, parse_size, Allocator};
 
 const USAGE: &str = "usage: dmabufctl [--rpc PATH] COMMAND
   heaps                                      list heaps, limits and usage
@@ -24,7 +25,6 @@ names an RPC socket; else kernel binder when a binder device exists; else the de
 socket /run/dmabufd/dmabufd.sock.";
 
 fn main() -> ExitCode {
-    dmabufd::logging::init("dmabufctl", false);
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut rpc = None;
     if let Some(i) = args.iter().position(|a| a == "--rpc") {
@@ -203,7 +203,7 @@ fn report(a: &Allocator, args: &[String]) -> Result<(), String> {
             }
         }
     }
-    let err = |e: dmabufd::client::Error| e.to_string();
+    let err = |e: dmabufd_client::Error| e.to_string();
     match (pid, json) {
         (Some(p), true) => print_json(&process_json(&a.process_memory(p).map_err(err)?)),
         (None, true) => {
