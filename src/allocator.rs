@@ -85,6 +85,11 @@ pub struct Reclaimed {
     /// closed a moment after its reply was sent. A buffer its client has
     /// already freed stays alive until then.
     pub own_in_flight: usize,
+    /// Without the kernel's list of live buffers (procfs; memfds) a record
+    /// younger than this may belong to a reply still in flight and is never
+    /// declared gone: a refusal then waits until the records made before it
+    /// are this old and looks once more. `None` where liveness is exact.
+    pub young_for: Option<std::time::Duration>,
 }
 
 /// How many times a refusal reads the kernel's list before refusing.
@@ -270,8 +275,10 @@ impl Allocator {
         let mut looks = 0;
         // A request larger than the whole quota fits whatever is freed.
         let hopeless = size.saturating_mul(count) > limit.bytes || count > limit.count;
+        let mut young_for = None;
         while attempt.is_err() && !hopeless {
             let Some(found) = self.reclaim() else { break };
+            young_for = found.young_for;
             looks += 1;
             attempt = self.registry.reserve_many(caller.uid, size, count, limit);
             let waited = start.elapsed();
@@ -283,6 +290,17 @@ impl Allocator {
             }
             std::thread::sleep(pause);
             pause = (pause * 4).min(std::time::Duration::from_millis(32));
+        }
+        // Approximate liveness: buffers the caller freed within the last
+        // young_for still count. Wait until every record made before this
+        // request has aged out of it, then look once more, so a client
+        // that frees as fast as it allocates is slowed, not refused.
+        if let (Err(_), Some(young_for)) = (&attempt, young_for) {
+            let settled = start + young_for + std::time::Duration::from_millis(20);
+            std::thread::sleep(settled.saturating_duration_since(std::time::Instant::now()));
+            if self.reclaim().is_some() {
+                attempt = self.registry.reserve_many(caller.uid, size, count, limit);
+            }
         }
         attempt.map_err(|used| {
             log::info!(
@@ -1054,6 +1072,7 @@ mod tests {
             Reclaimed {
                 dropped: reg.remove_freed(|rec| rec.inode == inode),
                 own_in_flight: 0,
+                young_for: None,
             }
         }));
         let second = a.allocate(ME, &req("system", 1, "", 0)).expect("reclaimed");
@@ -1068,6 +1087,42 @@ mod tests {
             1 + RELEASE_LOOKS
         );
         drop(second);
+    }
+
+    /// Without the kernel's list (procfs, memfds) a freed record is gone
+    /// only once it is older than the reclaim's `young_for`: a client that
+    /// frees as fast as it allocates was refused with half its quota live.
+    /// Now the refusal waits for the records made before it to age, looks
+    /// again, and allocates; a caller really over quota is still refused.
+    #[test]
+    fn without_exact_liveness_a_refusal_waits_for_freed_records_to_age() {
+        let a = Arc::new(alloc_with(
+            Config::parse("[quota]\ndefault_buffers = 1").unwrap(),
+        ));
+        let young_for = std::time::Duration::from_millis(300);
+        let reg = a.registry().clone();
+        // The inodes the test still holds (what a scan would see).
+        let held = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+        let h = held.clone();
+        a.set_reclaim(Box::new(move || Reclaimed {
+            // The procfs gone rule: unreferenced and no longer young.
+            dropped: reg.remove_freed(|rec| {
+                rec.committed_at.elapsed() >= young_for && !h.lock().unwrap().contains(&rec.inode)
+            }),
+            own_in_flight: 0,
+            young_for: Some(young_for),
+        }));
+        drop(a.allocate(ME, &req("system", 1, "", 0)).unwrap());
+        let asked = std::time::Instant::now();
+        let kept = a
+            .allocate(ME, &req("system", 1, "", 0))
+            .expect("the freed buffer aged out of young_for: not a refusal");
+        assert!(asked.elapsed() < young_for * 3, "{:?}", asked.elapsed());
+        held.lock().unwrap().push(kept.inode);
+        // Held: a refusal, after the one extra wait.
+        let e = a.allocate(ME, &req("system", 1, "", 0)).unwrap_err();
+        assert_eq!(e.kind, Kind::QuotaExceeded, "{e}");
+        drop(kept);
     }
 
     #[test]

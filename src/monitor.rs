@@ -346,6 +346,7 @@ impl Monitor {
         Reclaimed {
             dropped: self.drop_freed(),
             own_in_flight,
+            young_for: (!self.source.exact_liveness()).then_some(crate::accounting::FREED_GRACE),
         }
     }
 
