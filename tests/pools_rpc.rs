@@ -177,6 +177,22 @@ fn pooled_buffers_are_handed_out_zeroed_named_and_the_service_keeps_no_fd_of_the
         "the service listed as a process holding buffers"
     );
     assert_eq!(report.totalBytes, 65536, "pool bytes in an app's totals");
+    // `dump --proto`: the same pool on its own fields, not in the totals.
+    let bytes = a.render_dump(&["--proto".to_string()]).unwrap();
+    let proto = <dmabufd::proto::MemoryReport as prost::Message>::decode(bytes.as_slice()).unwrap();
+    assert_eq!(proto.pool_pid, svc.pid());
+    let classes: Vec<_> = proto
+        .pool
+        .iter()
+        .map(|c| (c.heap.as_str(), c.size, c.target, c.available, c.bytes))
+        .collect();
+    assert_eq!(
+        classes,
+        [("system", 65536, 4, 3, 3 * 65536)],
+        "{:?}",
+        proto.pool
+    );
+    assert_eq!(proto.total_bytes, 65536);
     assert!(report
         .ownerTotals
         .iter()

@@ -141,9 +141,25 @@ pub fn aidl_report(a: &Accounting) -> MemoryReport {
 
 /// The protobuf of `dump --proto`: built from the AIDL report so both carry
 /// exactly the same data (a test decoding `--proto` can compare it with
-/// `proto_of_aidl(&getMemoryReport())`).
+/// `proto_of_aidl(&getMemoryReport())`), plus the service's pool.
 pub fn proto_report(a: &Accounting) -> proto::MemoryReport {
-    proto_of_aidl(&aidl_report(a))
+    let mut r = proto_of_aidl(&aidl_report(a));
+    // The pool is not in the AIDL report: added here, on its own fields.
+    if let Some(pool) = &a.pool {
+        r.pool_pid = pool.pid;
+        r.pool = pool
+            .classes
+            .iter()
+            .map(|c| proto::PoolClass {
+                heap: c.heap.clone(),
+                size: c.size,
+                target: c.target as u32,
+                available: c.available as u32,
+                bytes: c.size * c.available as u64,
+            })
+            .collect();
+    }
+    r
 }
 
 /// Converts an AIDL report (e.g. received over binder) to the proto message.
@@ -199,6 +215,8 @@ pub fn proto_of_aidl(r: &MemoryReport) -> proto::MemoryReport {
         total_count: u32_of(r.totalCount),
         total_bytes: u64_of(r.totalBytes),
         unreferenced_bytes: u64_of(r.unreferencedBytes),
+        pool_pid: 0,
+        pool: Vec::new(),
     }
 }
 
