@@ -118,6 +118,10 @@ pub struct Allocator {
     memory: std::sync::Mutex<MemoryState>,
     /// The reserve pools, once started ([`Allocator::start_pools`]).
     pools: std::sync::OnceLock<Arc<Pools>>,
+    /// Uids with a refusal waiting for freed records to age (approximate
+    /// liveness only): one waiter per uid, so an app at its quota cannot
+    /// park every binder thread for a second each.
+    aging_waits: std::sync::Mutex<std::collections::HashSet<u32>>,
 }
 
 /// The most buffers one [`Allocator::allocate_batch`] makes
@@ -175,6 +179,7 @@ impl Allocator {
             meminfo: Box::new(|| std::fs::read_to_string(MEMINFO)),
             memory: std::sync::Mutex::default(),
             pools: std::sync::OnceLock::new(),
+            aging_waits: std::sync::Mutex::default(),
         }
     }
 
@@ -295,11 +300,16 @@ impl Allocator {
         // young_for still count. Wait until every record made before this
         // request has aged out of it, then look once more, so a client
         // that frees as fast as it allocates is slowed, not refused.
+        // One waiter per uid: another request of the uid is refused now.
         if let (Err(_), Some(young_for)) = (&attempt, young_for) {
-            let settled = start + young_for + std::time::Duration::from_millis(20);
-            std::thread::sleep(settled.saturating_duration_since(std::time::Instant::now()));
-            if self.reclaim().is_some() {
-                attempt = self.registry.reserve_many(caller.uid, size, count, limit);
+            let waiting = || self.aging_waits.lock().unwrap_or_else(|e| e.into_inner());
+            if waiting().insert(caller.uid) {
+                let settled = start + young_for + std::time::Duration::from_millis(20);
+                std::thread::sleep(settled.saturating_duration_since(std::time::Instant::now()));
+                if self.reclaim().is_some() {
+                    attempt = self.registry.reserve_many(caller.uid, size, count, limit);
+                }
+                waiting().remove(&caller.uid);
             }
         }
         attempt.map_err(|used| {
@@ -1119,9 +1129,34 @@ mod tests {
             .expect("the freed buffer aged out of young_for: not a refusal");
         assert!(asked.elapsed() < young_for * 3, "{:?}", asked.elapsed());
         held.lock().unwrap().push(kept.inode);
-        // Held: a refusal, after the one extra wait.
-        let e = a.allocate(ME, &req("system", 1, "", 0)).unwrap_err();
-        assert_eq!(e.kind, Kind::QuotaExceeded, "{e}");
+        // Held: a refusal, after the one extra wait; and one waiter per
+        // uid: of two requests at once, one waits, the other is refused
+        // without waiting.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let both: Vec<_> = (0..2)
+            .map(|_| {
+                let (a, barrier) = (a.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let t = std::time::Instant::now();
+                    let e = a.allocate(ME, &req("system", 1, "", 0)).unwrap_err();
+                    (e.kind, t.elapsed())
+                })
+            })
+            .collect();
+        let mut waited: Vec<_> = both
+            .into_iter()
+            .map(|t| {
+                let (kind, took) = t.join().unwrap();
+                assert_eq!(kind, Kind::QuotaExceeded);
+                took
+            })
+            .collect();
+        waited.sort();
+        assert!(
+            waited[0] < young_for && waited[1] >= young_for,
+            "both or neither waited: {waited:?}"
+        );
         drop(kept);
     }
 
