@@ -205,42 +205,54 @@ impl RefusalLog {
 }
 
 /// The process that opened an RPC connection, as the service accepted it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RpcPeer {
     pub uid: u32,
     pub pid: i32,
     /// Its start time (`/proc/<pid>/stat` field 22) at accept; None when
     /// unreadable (then it is never taken for alive).
     pub start_time: Option<u64>,
+    /// `/proc/<pid>/stat`, opened at accept and kept for the connection: it
+    /// stays bound to that process, so a read fails once the process is
+    /// reaped (even if its pid is recycled), and each call's check is one
+    /// `pread` instead of an open, a stat, several reads and a close.
+    stat: Option<Arc<std::fs::File>>,
 }
 
 impl RpcPeer {
     pub fn at_accept(uid: u32, pid: i32) -> RpcPeer {
+        let stat = (pid > 0)
+            .then(|| std::fs::File::open(format!("/proc/{pid}/stat")).ok())
+            .flatten()
+            .map(Arc::new);
+        let start_time = stat.as_deref().and_then(read_stat).map(|(start, _)| start);
         RpcPeer {
             uid,
             pid,
-            start_time: proc_start(pid).map(|(start, _)| start),
+            start_time,
+            stat,
         }
     }
 
     /// Whether `pid` still names the process that opened the connection:
-    /// the same start time, and not exited (a zombie is gone). A pid that
-    /// was recycled has another start time.
+    /// its stat file still reads (the process is not reaped), with the same
+    /// start time, and it has not exited (a zombie is gone).
     pub fn opener_alive(&self) -> bool {
-        match (self.start_time, proc_start(self.pid)) {
+        match (self.start_time, self.stat.as_deref().and_then(read_stat)) {
             (Some(then), Some((now, state))) => then == now && !matches!(state, 'Z' | 'X' | 'x'),
             _ => false,
         }
     }
 }
 
-/// (start time, state) of `pid` from `/proc/<pid>/stat`.
-fn proc_start(pid: i32) -> Option<(u64, char)> {
-    if pid <= 0 {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat)
+/// (start time, state) from an open `/proc/<pid>/stat`, read in one call.
+fn read_stat(file: &std::fs::File) -> Option<(u64, char)> {
+    use std::os::unix::fs::FileExt;
+    // The line is at most a few hundred bytes (52 numbers and a 15-byte
+    // command); procfs hands it out whole from offset 0.
+    let mut buf = [0u8; 1024];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    parse_stat(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
 /// Fields after the command (which may hold spaces and parentheses): state
@@ -462,11 +474,12 @@ pub fn serve(
     })
 }
 
-/// Warns when the fd limit cannot hold `max_connections` connections (two
-/// fds each during a handshake) with room for buffers in flight.
+/// Warns when the fd limit cannot hold `max_connections` connections (the
+/// socket, its opener's stat file, and a second socket during a handshake)
+/// with room for buffers in flight.
 fn check_fd_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, Resource};
-    let need = 2 * max_connections as u64 + 128;
+    let need = 3 * max_connections as u64 + 128;
     if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if soft < need {
             log::warn!(
@@ -624,5 +637,20 @@ mod tests {
             "a recycled pid has another start time"
         );
         assert!(!RpcPeer::at_accept(0, 0).opener_alive());
+    }
+
+    /// The stat file opened at accept stays bound to that process: once it
+    /// has exited and been reaped, the opener is gone, whatever pid it had.
+    #[test]
+    fn an_opener_that_exited_and_was_reaped_is_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let peer = RpcPeer::at_accept(0, child.id() as i32);
+        assert!(peer.opener_alive());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!peer.opener_alive(), "a reaped opener counted as alive");
     }
 }
