@@ -132,11 +132,27 @@ pub struct ServiceConfig {
     pub metrics_max_processes: usize,
     /// Bytes per page of getMemoryReportPage / renderDumpChunk replies.
     pub report_page_bytes: usize,
+    /// The AIDL instance registered on kernel binder:
+    /// `vendor.dmabuf.IDmaBufAllocator/<instance>` ("default"). A second
+    /// instance (a benchmark's, a product's second allocator) gets its own
+    /// journal and leaves the memtrack HAL to the default one.
+    pub instance: String,
 }
 
 /// Page size of the paged report methods: well inside the ~1 MiB binder
 /// buffer a reply lands in, which other transactions share.
 pub const DEFAULT_REPORT_PAGE_BYTES: usize = 256 * 1024;
+
+/// The AIDL instance a service registers unless the config names another.
+pub const DEFAULT_INSTANCE: &str = "default";
+
+/// An AIDL instance name: 1 to 64 of `[A-Za-z0-9._-]`.
+pub fn valid_instance(i: &str) -> bool {
+    (1..=64).contains(&i.len())
+        && i.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// The range service.report_page_bytes may take.
 pub const REPORT_PAGE_BYTES_RANGE: std::ops::RangeInclusive<usize> = 4096..=512 * 1024;
 
@@ -175,6 +191,7 @@ impl Default for Config {
                 state_file: None,
                 metrics_max_processes: DEFAULT_METRICS_MAX_PROCESSES,
                 report_page_bytes: DEFAULT_REPORT_PAGE_BYTES,
+                instance: DEFAULT_INSTANCE.to_string(),
             },
             heaps: HeapsConfig {
                 dma_heap_dir: PathBuf::from("/dev/dma_heap"),
@@ -292,6 +309,16 @@ impl Config {
                     })?;
             }
             c.service.state_file = s.state_file;
+            if let Some(i) = s.instance {
+                if !valid_instance(&i) {
+                    return Err(ConfigError(format!(
+                        "service.instance = {:?}: allowed 1 to 64 characters of A-Z, a-z, 0-9, \
+                         '.', '_' and '-'",
+                        crate::report::escape::escape(&i)
+                    )));
+                }
+                c.service.instance = i;
+            }
             if let Some(n) = s.metrics_max_processes {
                 if n > MAX_METRICS_PROCESSES {
                     return Err(ConfigError(format!(
@@ -506,6 +533,7 @@ struct RawService {
     state_file: Option<PathBuf>,
     metrics_max_processes: Option<usize>,
     report_page_bytes: Option<Size>,
+    instance: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -554,6 +582,27 @@ mod tests {
         assert!(e.0.contains("\"x\" is in both"), "{e}");
         let e = Config::parse("[memtrack]\nenable = true\n").unwrap_err();
         assert!(e.0.contains("enable"), "{e}");
+    }
+
+    #[test]
+    fn instance_names_are_checked_and_get_their_own_journal() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.service.instance, "default");
+        let c = Config::parse("[service]\ninstance = \"pool-bench_2.x\"\n").unwrap();
+        assert_eq!(c.service.instance, "pool-bench_2.x");
+        let kernel = crate::transport::Transport::Kernel;
+        let j = crate::daemon::journal_path(&c, &kernel).unwrap();
+        assert!(j.ends_with("registry-pool-bench_2.x.journal"), "{j:?}");
+        let d = crate::daemon::journal_path(&Config::default(), &kernel).unwrap();
+        assert!(d.ends_with("registry.journal"), "{d:?}");
+        for bad in ["", "a/b", "x y", "\n", &"i".repeat(65)] {
+            let e = Config::parse(&format!("[service]\ninstance = {bad:?}\n")).unwrap_err();
+            assert!(
+                e.0.contains("service.instance") && e.0.contains("allowed 1 to 64"),
+                "{e}"
+            );
+            assert!(!e.0.contains('\n'), "{e}");
+        }
     }
 
     #[test]

@@ -213,7 +213,10 @@ pub fn start_with(
     }
     let binder = BnDmaBufAllocator::new_binder(service.clone());
     let guard = match &transport {
-        Transport::Kernel => transport::serve_kernel(binder.as_binder()).map(Serving::Kernel),
+        Transport::Kernel => {
+            let name = crate::service_name(&allocator.config().service.instance);
+            transport::serve_kernel(binder.as_binder(), &name).map(Serving::Kernel)
+        }
         Transport::Rpc(p) => {
             let c = allocator.config();
             let mut privileged = c.service.privileged_uids.clone();
@@ -229,8 +232,15 @@ pub fn start_with(
     // On kernel binder the memtrack HAL is registered on its own: a service
     // manager that refuses it (policy, a vendor memtrack already there)
     // leaves the allocator serving.
+    let default_instance = allocator.config().service.instance == crate::config::DEFAULT_INSTANCE;
     match (&memtrack, &transport) {
         (None, _) => log::info!("memtrack HAL off ([memtrack] enabled = false)"),
+        // There is one IMemtrack/default per device: a second allocator
+        // instance must not take it over from the first.
+        (Some(_), Transport::Kernel) if !default_instance => log::info!(
+            "memtrack HAL left to the default instance (this is {:?})",
+            allocator.config().service.instance
+        ),
         (Some((_, b)), Transport::Kernel) => {
             match transport::add_kernel_service(crate::MEMTRACK_SERVICE_NAME, b.clone()) {
                 Ok(()) => log::info!("memtrack HAL: {}", crate::MEMTRACK_SERVICE_NAME),
@@ -295,10 +305,20 @@ pub fn journal_path(config: &Config, transport: &Transport) -> Option<PathBuf> {
     }
     Some(match transport {
         Transport::Rpc(sock) => sock.with_extension("registry"),
-        Transport::Kernel if cfg!(target_os = "android") => {
-            PathBuf::from("/data/vendor/dmabufd/registry.journal")
+        Transport::Kernel => {
+            let dir = if cfg!(target_os = "android") {
+                "/data/vendor/dmabufd"
+            } else {
+                "/run/dmabufd"
+            };
+            // One journal per instance: two services never share one.
+            let instance = &config.service.instance;
+            PathBuf::from(dir).join(if instance == crate::config::DEFAULT_INSTANCE {
+                "registry.journal".to_string()
+            } else {
+                format!("registry-{instance}.journal")
+            })
         }
-        Transport::Kernel => PathBuf::from("/run/dmabufd/registry.journal"),
     })
 }
 

@@ -19,7 +19,7 @@ pub mod proto {
 }
 
 /// The instance name registered with the service manager (and the RPC name).
-pub use dmabufd_client::SERVICE_NAME;
+pub use dmabufd_client::{service_name, SERVICE_NAME};
 
 /// The memtrack HAL instance the service also serves (when enabled).
 pub const MEMTRACK_SERVICE_NAME: &str = "android.hardware.memtrack.IMemtrack/default";

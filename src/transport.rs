@@ -122,12 +122,13 @@ pub fn serve_rpc(
     Ok(guard)
 }
 
-/// Registers `binder` with the service manager and serves on the binder
-/// thread pool; returns once registered.
-pub fn serve_kernel(binder: SIBinder) -> std::io::Result<rsbinder::ServerGuard> {
+/// Registers `binder` with the service manager as `name` (the allocator's
+/// [`crate::service_name`] of the configured instance) and serves on the
+/// binder thread pool; returns once registered.
+pub fn serve_kernel(binder: SIBinder, name: &str) -> std::io::Result<rsbinder::ServerGuard> {
     crate::service::install_oneway_guard();
     rsbinder::serve(Uri::kernel())
-        .and_then(|s| s.add(SERVICE_NAME, binder))
+        .and_then(|s| s.add(name, binder))
         .and_then(|s| s.spawn())
         .map_err(|e| std::io::Error::other(format!("kernel binder: {e:?}")))
 }

@@ -129,6 +129,8 @@ const POOLED_SAMPLES: [(u64, &str, usize); 3] = [
 ];
 const BATCH: i32 = 16;
 const BATCH_ROUNDS: usize = 40;
+/// 7 x 16 = 112 of the 4 KiB class's 120: every buffer a pool hit.
+const POOLED_BATCH_ROUNDS: usize = 7;
 const BURST: usize = 30;
 
 fn direct_alloc(heap: &std::fs::File, size: u64) -> Result<std::os::fd::OwnedFd, std::io::Error> {
@@ -139,7 +141,9 @@ fn direct_alloc(heap: &std::fs::File, size: u64) -> Result<std::os::fd::OwnedFd,
 
 fn pools(heap: &std::fs::File) -> Result<(), String> {
     use crate::cases::pools::PoolService;
-    let svc = PoolService::start(BENCH_POOLS)?;
+    // A second allocator instance on kernel binder, so a pool hit costs
+    // what a call to the main service costs.
+    let svc = PoolService::start_kernel(BENCH_POOLS, "pool-bench")?;
     let pooled = svc.connect()?;
     let kernel = Allocator::connect_kernel().map_err(|e| e.to_string())?;
     let fill = PoolService::wait_full(&pooled, 600_000)?;
@@ -150,7 +154,9 @@ fn pools(heap: &std::fs::File) -> Result<(), String> {
         120 + 60 + 10 + 30,
         fill.as_millis()
     );
-    println!("pooled single allocations (rpc binder, every sample a pool hit; direct interleaved)");
+    println!(
+        "pooled single allocations (kernel binder, instance pool-bench; every sample a pool hit; direct interleaved)"
+    );
     println!(
         "{:<8} {:<14} {:>7} {:>10} {:>10} {:>11} {:>11}",
         "size", "path", "samples", "p50", "p99", "p50/direct", "p99/direct"
@@ -198,6 +204,30 @@ fn pools(heap: &std::fs::File) -> Result<(), String> {
         direct.percentile(0.99),
         batch.percentile(0.99),
         batch.percentile(0.99) / direct.percentile(0.99)
+    );
+    // The same batch from the pool (kernel binder): as many rounds as the
+    // 4 KiB class holds, so every buffer is a pool hit.
+    PoolService::wait_full(&pooled, 600_000)?;
+    let (mut direct, mut batch) = (Vec::new(), Vec::new());
+    for _ in 0..POOLED_BATCH_ROUNDS {
+        direct.push(
+            timed(|| {
+                (0..BATCH)
+                    .map(|_| direct_alloc(heap, 4 * KIB))
+                    .collect::<Result<Vec<_>, _>>()
+            })? / f64::from(BATCH),
+        );
+        batch.push(
+            timed(|| pooled.allocate_batch("system", 4 * KIB, "bench", 0, BATCH as usize))?
+                / f64::from(BATCH),
+        );
+    }
+    let (direct, batch) = (Samples(direct), Samples(batch));
+    println!(
+        "batch {BATCH} x 4 KiB from the pool, per buffer: direct p50 {:.1} us, allocateBatch (kernel binder, pooled) p50 {:.1} us = {:.2}x direct ({POOLED_BATCH_ROUNDS} rounds)",
+        direct.percentile(0.5),
+        batch.percentile(0.5),
+        batch.percentile(0.5) / direct.percentile(0.5),
     );
     // Camera burst: time to the last of 30 x 12 MiB.
     PoolService::wait_full(&pooled, 600_000)?;

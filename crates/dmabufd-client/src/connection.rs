@@ -87,10 +87,10 @@ impl Connection {
 
     /// Connects over kernel binder, waiting up to 5 s for the service to be
     /// registered with the service manager.
-    pub fn kernel() -> Result<Connection> {
-        let target = format!("{SERVICE_NAME} over kernel binder");
+    pub fn kernel(name: &str) -> Result<Connection> {
+        let target = format!("{name} over kernel binder");
         let helper =
-            Reconnecting::<dyn IDmaBufAllocator>::builder(Uri::kernel().with_service(SERVICE_NAME))
+            Reconnecting::<dyn IDmaBufAllocator>::builder(Uri::kernel().with_service(name))
                 .policy(policy())
                 .build()
                 .map_err(|e| unreachable_at(&target, e))?;

@@ -208,7 +208,15 @@ impl Allocator {
     /// be registered.
     pub fn connect_kernel() -> Result<Allocator> {
         Ok(Allocator {
-            conn: Connection::kernel()?,
+            conn: Connection::kernel(SERVICE_NAME)?,
+        })
+    }
+
+    /// [`connect_kernel`](Self::connect_kernel) to another instance of the
+    /// allocator (`vendor.dmabuf.IDmaBufAllocator/<instance>`).
+    pub fn connect_kernel_instance(instance: &str) -> Result<Allocator> {
+        Ok(Allocator {
+            conn: Connection::kernel(&service_name(instance))?,
         })
     }
 
@@ -694,6 +702,12 @@ fn fdinfo(fd: BorrowedFd<'_>) -> Option<FdInfo> {
 
 /// The instance name registered with the service manager (and the RPC name).
 pub const SERVICE_NAME: &str = "vendor.dmabuf.IDmaBufAllocator/default";
+
+/// The service manager name of allocator instance `instance`
+/// (`"default"` gives [`SERVICE_NAME`]).
+pub fn service_name(instance: &str) -> String {
+    format!("vendor.dmabuf.IDmaBufAllocator/{instance}")
+}
 
 /// Checks a buffer name as the service does: at most
 /// [`sys::DMA_BUF_NAME_MAX`] bytes, no control characters.

@@ -43,16 +43,29 @@ pub fn roles() -> Vec<(&'static str, app::Role)> {
 }
 
 /// A dmabufd with `pools` (TOML lines) serving RPC binder at
-/// `/run/dmabufd-pool/rpc.sock`; killed when dropped.
+/// `/run/dmabufd-pool/rpc.sock`, or kernel binder as a second allocator
+/// instance ([`PoolService::start_kernel`]); killed when dropped.
 pub struct PoolService {
     child: Child,
     pub socket: &'static str,
+    /// The kernel-binder instance it registered, if it serves kernel binder.
+    pub instance: Option<&'static str>,
 }
 
 pub const POOL_SOCKET: &str = "/run/dmabufd-pool/rpc.sock";
 
 impl PoolService {
     pub fn start(pools: &str) -> Result<PoolService, String> {
+        Self::start_on(pools, None)
+    }
+
+    /// On kernel binder as `vendor.dmabuf.IDmaBufAllocator/<instance>`
+    /// (the hub policy lets uid 1100 register any `vendor.dmabuf.*`).
+    pub fn start_kernel(pools: &str, instance: &'static str) -> Result<PoolService, String> {
+        Self::start_on(pools, Some(instance))
+    }
+
+    fn start_on(pools: &str, instance: Option<&'static str>) -> Result<PoolService, String> {
         let dir = Path::new("/run/dmabufd-pool");
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -64,11 +77,18 @@ impl PoolService {
         .map_err(|e| e.to_string())?;
         let base = std::fs::read_to_string("/etc/dmabufd.toml").map_err(|e| e.to_string())?;
         let config = dir.join("dmabufd.toml");
+        let base = match instance {
+            Some(i) => base.replacen("[service]\n", &format!("[service]\ninstance = {i:?}\n"), 1),
+            None => base,
+        };
         std::fs::write(&config, format!("{base}\n{pools}\n")).map_err(|e| e.to_string())?;
         let log = std::fs::File::create("/run/dmabufd-pool.log").map_err(|e| e.to_string())?;
+        let transport = match instance {
+            Some(_) => vec!["--kernel"],
+            None => vec!["--rpc", POOL_SOCKET],
+        };
         let child = Command::new("dmabufd")
-            .arg("--rpc")
-            .arg(POOL_SOCKET)
+            .args(transport)
             .arg("--config")
             .arg(&config)
             .env("DMABUFD_LOG", "info")
@@ -79,12 +99,12 @@ impl PoolService {
         let svc = PoolService {
             child,
             socket: POOL_SOCKET,
+            instance,
         };
         // Loading the BPF iterators alone takes seconds under TCG.
         let start = Instant::now();
         ensure!(
-            eventually(180_000, || Path::new(POOL_SOCKET).exists()
-                && Allocator::connect_rpc(Path::new(POOL_SOCKET)).is_ok()),
+            eventually(180_000, || svc.connect().is_ok()),
             "the pool dmabufd did not come up in 180 s: {}",
             svc.log()
         );
@@ -105,7 +125,11 @@ impl PoolService {
     }
 
     pub fn connect(&self) -> Result<Allocator, String> {
-        Allocator::connect_rpc(Path::new(self.socket)).map_err(|e| e.to_string())
+        match self.instance {
+            Some(i) => Allocator::connect_kernel_instance(i),
+            None => Allocator::connect_rpc(Path::new(self.socket)),
+        }
+        .map_err(|e| e.to_string())
     }
 
     /// (pooled bytes, target bytes) of the system heap's pool.
