@@ -126,7 +126,8 @@ pub struct Allocator {
 
 /// The most buffers one [`Allocator::allocate_batch`] makes
 /// (`IDmaBufAllocator.MAX_BATCH_COUNT`).
-pub const MAX_BATCH_COUNT: usize = 64;
+pub const MAX_BATCH_COUNT: usize =
+    crate::aidl::vendor::dmabuf::IDmaBufAllocator::MAX_BATCH_COUNT as usize;
 
 /// How long the memory guard trusts a meminfo read for small requests that
 /// fit (less what it let through since, at most 4 MiB in all); any other

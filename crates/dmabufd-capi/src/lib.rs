@@ -18,6 +18,7 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
+use ::dmabufd_client::aidl::vendor::dmabuf::IDmaBufAllocator::MAX_BATCH_COUNT;
 use ::dmabufd_client::{Allocator, DmaBuffer, Error, ErrorKind};
 
 /// Success.
@@ -230,13 +231,7 @@ pub unsafe extern "C" fn dmabufd_alloc(
 ) -> c_int {
     guarded(|| {
         // SAFETY: the caller's contract for each argument (header).
-        let (c, heap, name) = unsafe {
-            (
-                client_ref(client)?,
-                text(heap, "heap")?,
-                text(name, "name")?,
-            )
-        };
+        let (c, heap, name) = unsafe { request_args(client, heap, name)? };
         if out_fd.is_null() {
             return Err(invalid("out_fd is NULL".into()));
         }
@@ -250,6 +245,25 @@ pub unsafe extern "C" fn dmabufd_alloc(
         unsafe { *out_fd = fd.into_raw_fd() };
         Ok(())
     })
+}
+
+/// The client, heap and name of an allocation request.
+///
+/// # Safety
+/// As [`client_ref`] for `client`, and as [`text`] for `heap` and `name`.
+unsafe fn request_args<'a>(
+    client: *const dmabufd_client,
+    heap: *const c_char,
+    name: *const c_char,
+) -> Result<(&'a dmabufd_client, &'a str, &'a str), Failure> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        Ok((
+            client_ref(client)?,
+            text(heap, "heap")?,
+            text(name, "name")?,
+        ))
+    }
 }
 
 /// # Safety
@@ -276,17 +290,11 @@ pub unsafe extern "C" fn dmabufd_alloc_batch(
 ) -> c_int {
     guarded(|| {
         // SAFETY: the caller's contract for each argument (header).
-        let (c, heap, name) = unsafe {
-            (
-                client_ref(client)?,
-                text(heap, "heap")?,
-                text(name, "name")?,
-            )
-        };
+        let (c, heap, name) = unsafe { request_args(client, heap, name)? };
         if out_fds.is_null() {
             return Err(invalid("out_fds is NULL".into()));
         }
-        if count == 0 || count > 64 {
+        if count == 0 || count > MAX_BATCH_COUNT as usize {
             return Err(invalid(format!(
                 "count {count}: a batch is 1 to 64 buffers"
             )));
