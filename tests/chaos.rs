@@ -7,8 +7,8 @@
 //! The apps are this test binary re-executed (the ignored test
 //! `chaos_app`); as root each runs under its own app uid (10200 + i). Each
 //! allocates one "anchor" buffer first and holds it throughout, then churns
-//! (at most [`HOLD`] more buffers held); on a transport error it reconnects
-//! with backoff and carries on.
+//! (at most `common::load::HOLD` more buffers held); on a transport error
+//! it reconnects with backoff and carries on (`common::load::run_chaos_app`).
 //!
 //! Pass criteria (asserted): every surviving app recovers after each
 //! restart (makes progress again) and never gets a refusal (no
@@ -29,10 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::load::{mixed_size, HOLD};
+use common::load::{is_transport, run_chaos_app};
 use common::{Rng, Service};
 use dmabufd::client::Allocator;
-use rsbinder::ExceptionCode;
 
 const APPS: usize = 16;
 /// First app uid (as root).
@@ -62,12 +61,6 @@ fn config() -> String {
         )
     };
     format!("[service]\nscan_interval_ms = 1000\n{extra}\n[heaps]\ndefault_max_size = \"16M\"\n")
-}
-
-/// Whether `e` is the connection failing (the service died or restarted),
-/// not the service refusing the call.
-fn is_transport(e: &dmabufd::client::Error) -> bool {
-    e.exception() != ExceptionCode::ServiceSpecific
 }
 
 /// Connects, retrying with backoff (10 ms doubling to 200 ms) for up to
@@ -113,71 +106,17 @@ fn chaos_app() {
         setuid(Uid::from_raw(uid)).unwrap();
     }
     let mut rng = Rng::new(seed);
-    let mut a = connect_with_backoff(&socket).expect("connect");
-    let (mut ok, mut failed, mut interrupted, mut first) = (0u64, 0u64, 0u64, String::new());
-    let mut anchor = None;
-    let mut held = std::collections::VecDeque::new();
-    let progress = dir.join(format!("app{i}.progress"));
-    while !dir.join("hold").exists() {
-        let (size, name) = if anchor.is_none() {
-            (64 << 10, "anchor".to_string())
-        } else {
-            (mixed_size(rng.next()), format!("chaos-{ok}"))
-        };
-        match a.allocate("system", size, &name) {
-            Ok(mut b) => {
-                ok += 1;
-                if let Ok(mut m) = b.map(dmabufd::sys::SyncDirection::Write) {
-                    let _ = m.write_at(0, &[1]);
-                }
-                if anchor.is_none() {
-                    anchor = Some(b);
-                } else {
-                    if held.len() == HOLD {
-                        held.pop_front();
-                    }
-                    held.push_back(b);
-                }
-                if ok % 5 == 0 {
-                    let tmp = progress.with_extension("tmp");
-                    std::fs::write(&tmp, ok.to_string()).unwrap();
-                    std::fs::rename(&tmp, &progress).unwrap();
-                }
-            }
-            // The client library reconnected by itself (with backoff) and
-            // says the allocation in flight was lost: retry on it.
-            Err(e) if e.kind() == dmabufd::client::ErrorKind::ServiceRestarted => {
-                interrupted += 1;
-            }
-            // It gave up waiting (ErrorKind::Unavailable): a new connection.
-            Err(e) if is_transport(&e) => {
-                interrupted += 1;
-                a = connect_with_backoff(&socket)
-                    .unwrap_or_else(|e| panic!("app {i}: the service never came back: {e}"));
-            }
-            Err(e) => {
-                failed += 1;
-                if first.is_empty() {
-                    first = format!("{size} bytes: {e}").replace('\n', " ");
-                }
-            }
-        }
-    }
-    let inodes: Vec<String> = anchor
-        .iter()
-        .chain(held.iter())
-        .map(|b| b.inode().to_string())
-        .collect();
-    let held_file = dir.join(format!("app{i}.held"));
-    let tmp = held_file.with_extension("tmp");
-    std::fs::write(&tmp, inodes.join(" ")).unwrap();
-    std::fs::rename(&tmp, &held_file).unwrap();
-    while !dir.join("release").exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop((anchor, held));
+    let a = connect_with_backoff(&socket).expect("connect");
+    let summary = run_chaos_app(
+        a,
+        &dir,
+        &i.to_string(),
+        || rng.next(),
+        || connect_with_backoff(&socket),
+    )
+    .unwrap_or_else(|e| panic!("app {i}: {e}"));
     let mut o = std::io::stdout().lock();
-    writeln!(o, "\nchaos-app {ok} {failed} {interrupted} {first}").unwrap();
+    writeln!(o, "\nchaos-app {summary}").unwrap();
 }
 
 struct App {
@@ -436,16 +375,10 @@ fn apps_and_the_service_killed_mid_load_survivors_recover_with_owners_intact_and
     assert_eq!(refused, 0, "report calls refused; first: {first}");
     assert!(svc.is_running());
     // Every app is gone: nothing stays charged.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let h = &a.heaps().unwrap()[0];
-        if (h.bufferCount, h.allocatedBytes) == (0, 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "buffers of exited apps still counted: {h:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let left = common::fuzz::wait_for_totals(&a, (0, 0), WAIT).unwrap();
+    assert_eq!(
+        left,
+        (0, 0),
+        "buffers of exited apps still counted: (buffers, bytes) {left:?}"
+    );
 }

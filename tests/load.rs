@@ -26,7 +26,6 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,7 +34,6 @@ use std::time::{Duration, Instant};
 use common::load::{percentile, read_latencies as latencies};
 use common::load::{Footprint, Sample, HOLD, MAX_SIZE};
 use common::Service;
-use dmabufd::aidl::vendor::dmabuf::ErrorCode::ErrorCode;
 
 const CLIENTS: usize = 16;
 /// First app uid (as root).
@@ -87,10 +85,6 @@ default_max_size = "16M"
 }
 
 use common::Rng;
-
-fn size(rng: &mut Rng) -> u64 {
-    common::load::mixed_size(rng.next())
-}
 
 fn exe_args(test: &str) -> [&str; 5] {
     [
@@ -168,41 +162,10 @@ fn load_worker() {
     }
     let a = dmabufd::client::Allocator::connect_rpc(&socket).expect("connect");
     let mut rng = Rng::new(seed);
-    let mut held = VecDeque::new();
-    let mut lat: Vec<u8> = Vec::with_capacity(cycles as usize * 4);
-    let (mut ok, mut failed, mut quota, mut first) = (0u64, 0u64, 0u64, String::new());
-    for c in 0..cycles {
-        if held.len() == HOLD {
-            held.pop_front();
-        }
-        let size = size(&mut rng);
-        let t = Instant::now();
-        let r = a.allocate("system", size, &format!("load-{c}"));
-        let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        match r {
-            Ok(mut b) => {
-                ok += 1;
-                lat.extend(us.to_le_bytes());
-                // Touch it, as an app would.
-                if let Ok(mut m) = b.map(dmabufd::sys::SyncDirection::Write) {
-                    let _ = m.write_at(0, &[1]);
-                }
-                held.push_back(b);
-            }
-            Err(e) => {
-                failed += 1;
-                if e.error_code() == Some(ErrorCode::QUOTA_EXCEEDED) {
-                    quota += 1;
-                }
-                if first.is_empty() {
-                    first = format!("cycle {c}, {size} bytes: {e}").replace('\n', " ");
-                }
-            }
-        }
-    }
-    std::fs::write(&out, lat).unwrap();
+    let r = common::load::run_cycles(&a, cycles, || rng.next()).unwrap();
+    std::fs::write(&out, common::load::encode_latencies(&r.latencies)).unwrap();
     let mut o = std::io::stdout().lock();
-    writeln!(o, "\nload-worker {ok} {failed} {quota} {first}").unwrap();
+    writeln!(o, "\nload-worker {}", r.summary()).unwrap();
 }
 
 /// The report process: getMemoryReport and renderDump in a loop until
@@ -349,18 +312,12 @@ fn sixteen_clients_allocate_and_free_under_reports_with_no_failure_and_flat_fds_
     }
     // Every client is gone: nothing stays charged.
     let a = svc.connect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = &a.heaps().unwrap()[0];
-        if (h.bufferCount, h.allocatedBytes) == (0, 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "buffers of exited clients still counted: {h:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let left = common::fuzz::wait_for_totals(&a, (0, 0), Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        left,
+        (0, 0),
+        "buffers of exited clients still counted: (buffers, bytes) {left:?}"
+    );
 }
 
 /// A client that never holds more than half its quota (4 of 8 buffers, at

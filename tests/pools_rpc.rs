@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::Service;
@@ -16,21 +15,6 @@ use dmabufd::sys::SyncDirection;
 
 fn my_uid() -> u32 {
     nix::unistd::getuid().as_raw()
-}
-
-/// Inodes of the buffer fds the service process holds now.
-fn service_buffer_inodes(svc: &Service) -> BTreeSet<u64> {
-    std::fs::read_dir(format!("/proc/{}/fd", svc.pid()))
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .map(|l| l.to_string_lossy().starts_with("/memfd:"))
-                .unwrap_or(false)
-        })
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .map(|m| m.ino())
-        .collect()
 }
 
 /// Waits (up to 20 s) until every pool class of `heap` is full.
@@ -121,7 +105,7 @@ fn pooled_buffers_are_handed_out_zeroed_named_and_the_service_keeps_no_fd_of_the
     let svc = Service::start(POOLED);
     let a = svc.connect();
     assert_eq!(wait_pool_full(&a, "system"), 4 * 65536);
-    let pooled = service_buffer_inodes(&svc);
+    let pooled = svc.buffer_inodes();
     assert_eq!(pooled.len(), 4, "{:?}", svc.fd_targets());
     // Held by the service, counted for nobody.
     assert_eq!(a.heaps().unwrap()[0].allocatedBytes, 0);
@@ -135,10 +119,10 @@ fn pooled_buffers_are_handed_out_zeroed_named_and_the_service_keeps_no_fd_of_the
     }
     // The service keeps only the three still pooled.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while service_buffer_inodes(&svc).contains(&b.inode()) && Instant::now() < deadline {
+    while svc.buffer_inodes().contains(&b.inode()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let held = service_buffer_inodes(&svc);
+    let held = svc.buffer_inodes();
     assert!(!held.contains(&b.inode()), "{:?}", svc.fd_targets());
     assert_eq!(held.len(), 3);
     assert!(svc.buffer_maps().is_empty(), "{:?}", svc.buffer_maps());
@@ -210,7 +194,7 @@ fn the_pool_refills_after_falling_below_its_low_water_mark() {
         .collect();
     assert_eq!(wait_pool_full(&a, "system"), 4 * 65536);
     // The refill made fresh buffers: none of them is one a client holds.
-    let pooled = service_buffer_inodes(&svc);
+    let pooled = svc.buffer_inodes();
     assert!(held.iter().all(|b| !pooled.contains(&b.inode())));
 }
 

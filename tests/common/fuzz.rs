@@ -635,7 +635,7 @@ pub fn vm_rss(pid: i32) -> Result<u64, String> {
 }
 
 /// The heaps' totals (bufferCount, allocatedBytes) from a well-formed getHeaps.
-fn totals(a: &Allocator) -> Result<(i64, i64), String> {
+pub fn totals(a: &Allocator) -> Result<(i64, i64), String> {
     let heaps = a
         .heaps()
         .map_err(|e| format!("a well-formed getHeaps was refused: {e}"))?;
@@ -645,7 +645,7 @@ fn totals(a: &Allocator) -> Result<(i64, i64), String> {
 }
 
 /// Waits up to `settle` for the totals to be `want`.
-fn wait_for_totals(
+pub fn wait_for_totals(
     a: &Allocator,
     want: (i64, i64),
     settle: Duration,

@@ -1,8 +1,9 @@
 //! Pieces of the load harness shared by the host load and chaos tests
 //! (`tests/load.rs`, `tests/chaos.rs`) and the VM suite's load case
 //! (`tests/vts/cases/load.rs`, which includes this file by path): the mixed
-//! request sizes, latency percentiles and the service footprint samples
-//! judged flat from the second quarter of a run to its end.
+//! request sizes, the allocate/free cycles a load app runs, a chaos app, latency
+//! percentiles and the service footprint samples judged flat from the
+//! second quarter of a run to its end.
 #![allow(dead_code)]
 
 /// Buffers an app holds at most; the oldest is freed for a new one.
@@ -18,6 +19,161 @@ pub fn mixed_size(r: u64) -> u64 {
     } else {
         4096 << ((r >> 8) % 9)
     }
+}
+
+/// What one app's allocate/free cycles came to ([`run_cycles`]).
+#[derive(Debug, Default)]
+pub struct Cycles {
+    pub ok: u64,
+    pub failed: u64,
+    /// How many of the failures were QUOTA_EXCEEDED.
+    pub quota: u64,
+    /// The first failure, on one line.
+    pub first: String,
+    /// Allocation latencies (µs) of the calls that succeeded.
+    pub latencies: Vec<u32>,
+}
+
+impl Cycles {
+    /// `ok failed quota first-error`, the line an app prints.
+    pub fn summary(&self) -> String {
+        format!("{} {} {} {}", self.ok, self.failed, self.quota, self.first)
+    }
+}
+
+/// `cycles` allocate/free cycles of [`mixed_size`] requests (one random
+/// word from `next` each) named `load-<cycle>`, holding at most [`HOLD`]
+/// buffers (the oldest freed for a new one) and touching each through a
+/// mapping, as an app would. A failed allocation is counted; a failed
+/// touch is an error.
+pub fn run_cycles(
+    alloc: &dmabufd::client::Allocator,
+    cycles: u64,
+    mut next: impl FnMut() -> u64,
+) -> Result<Cycles, String> {
+    use dmabufd::aidl::vendor::dmabuf::ErrorCode::ErrorCode;
+    let mut held = std::collections::VecDeque::new();
+    let mut r = Cycles {
+        latencies: Vec::with_capacity(cycles as usize),
+        ..Cycles::default()
+    };
+    for c in 0..cycles {
+        if held.len() == HOLD {
+            held.pop_front();
+        }
+        let size = mixed_size(next());
+        let t = std::time::Instant::now();
+        let got = alloc.allocate("system", size, &format!("load-{c}"));
+        let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        match got {
+            Ok(mut b) => {
+                r.ok += 1;
+                r.latencies.push(us);
+                let mut m = b
+                    .map(dmabufd::sys::SyncDirection::Write)
+                    .map_err(|e| e.to_string())?;
+                m.write_at(0, &[1]).map_err(|e| e.to_string())?;
+                drop(m);
+                held.push_back(b);
+            }
+            Err(e) => {
+                r.failed += 1;
+                if e.error_code() == Some(ErrorCode::QUOTA_EXCEEDED) {
+                    r.quota += 1;
+                }
+                if r.first.is_empty() {
+                    r.first = format!("cycle {c}, {size} bytes: {e}").replace('\n', " ");
+                }
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Whether `e` is the connection failing (the service died or restarted),
+/// not the service refusing the call.
+pub fn is_transport(e: &dmabufd::client::Error) -> bool {
+    e.exception() != rsbinder::ExceptionCode::ServiceSpecific
+}
+
+/// `text` into `path` through a temporary file and a rename, so a reader
+/// never sees half of it.
+fn write_whole(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A chaos app: allocates a 64 KiB "anchor" it holds throughout, then
+/// churns [`mixed_size`] requests (one random word from `next` each; at
+/// most [`HOLD`] more held), touching each buffer, and writes its
+/// allocation count to `dir/app<index>.progress` after each. After a lost
+/// allocation (`ServiceRestarted`: the client library reconnected by
+/// itself) it retries; when the library gives up it takes a new connection
+/// from `reconnect`. Once `dir/hold` exists it writes the inodes it holds
+/// (anchor first) to `dir/app<index>.held`, waits for `dir/release` and
+/// frees them. Returns `allocations refusals interruptions first-refusal`.
+pub fn run_chaos_app(
+    mut alloc: dmabufd::client::Allocator,
+    dir: &std::path::Path,
+    index: &str,
+    mut next: impl FnMut() -> u64,
+    mut reconnect: impl FnMut() -> Result<dmabufd::client::Allocator, String>,
+) -> Result<String, String> {
+    let progress = dir.join(format!("app{index}.progress"));
+    let (mut ok, mut refused, mut interrupted, mut first) = (0u64, 0u64, 0u64, String::new());
+    let mut anchor = None;
+    let mut held = std::collections::VecDeque::new();
+    while !dir.join("hold").exists() {
+        let (size, name) = if anchor.is_none() {
+            (64 << 10, "anchor".to_string())
+        } else {
+            (mixed_size(next()), format!("chaos-{ok}"))
+        };
+        match alloc.allocate("system", size, &name) {
+            Ok(mut b) => {
+                ok += 1;
+                let mut m = b
+                    .map(dmabufd::sys::SyncDirection::Write)
+                    .map_err(|e| e.to_string())?;
+                m.write_at(0, &[1]).map_err(|e| e.to_string())?;
+                drop(m);
+                if anchor.is_none() {
+                    anchor = Some(b);
+                } else {
+                    if held.len() == HOLD {
+                        held.pop_front();
+                    }
+                    held.push_back(b);
+                }
+                write_whole(&progress, &ok.to_string())?;
+            }
+            Err(e) if e.kind() == dmabufd::client::ErrorKind::ServiceRestarted => {
+                interrupted += 1;
+            }
+            Err(e) if is_transport(&e) => {
+                interrupted += 1;
+                alloc = reconnect().map_err(|e| format!("the service never came back: {e}"))?;
+            }
+            Err(e) => {
+                refused += 1;
+                if first.is_empty() {
+                    first = format!("{size} bytes: {e}").replace('\n', " ");
+                }
+            }
+        }
+    }
+    let inodes: Vec<String> = anchor
+        .iter()
+        .chain(held.iter())
+        .map(|b| b.inode().to_string())
+        .collect();
+    write_whole(&dir.join(format!("app{index}.held")), &inodes.join(" "))?;
+    while !dir.join("release").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop((anchor, held));
+    Ok(format!("{ok} {refused} {interrupted} {first}"))
 }
 
 /// The `p` quantile (0..=1) of sorted latencies; 0 for none.

@@ -182,21 +182,36 @@ impl Service {
         c
     }
 
-    /// The service process's open fds that are buffers (memfd or dma-buf).
-    pub fn buffer_fds(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        for e in std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+    /// The service process's open fds that are buffers (memfd or dma-buf):
+    /// (fd path, link target).
+    fn buffer_fd_entries(&self) -> Vec<(PathBuf, String)> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .unwrap()
             .flatten()
-        {
-            if let Ok(l) = std::fs::read_link(e.path()) {
+            .filter_map(|e| {
+                let l = std::fs::read_link(e.path()).ok()?;
                 let l = l.to_string_lossy().to_string();
-                if l.starts_with("/memfd:") || l.starts_with("/dmabuf:") {
-                    v.push(l);
-                }
-            }
-        }
-        v
+                (l.starts_with("/memfd:") || l.starts_with("/dmabuf:")).then(|| (e.path(), l))
+            })
+            .collect()
+    }
+
+    /// The service process's open fds that are buffers (memfd or dma-buf).
+    pub fn buffer_fds(&self) -> Vec<String> {
+        self.buffer_fd_entries()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
+    }
+
+    /// The inodes of the buffers the service process holds an fd of now.
+    pub fn buffer_inodes(&self) -> std::collections::BTreeSet<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.buffer_fd_entries()
+            .into_iter()
+            .filter_map(|(p, _)| std::fs::metadata(p).ok())
+            .map(|m| m.ino())
+            .collect()
     }
 
     /// [`buffer_fds`](Self::buffer_fds) once the service's reply threads

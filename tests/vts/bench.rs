@@ -181,54 +181,11 @@ fn pools(heap: &std::fs::File) -> Result<(), String> {
     }
     // Batch: 16 x 4 KiB in one call (kernel binder, unpooled) against 16
     // direct ioctls + names; per buffer.
-    let (mut direct, mut batch) = (Vec::new(), Vec::new());
-    for _ in 0..BATCH_ROUNDS {
-        direct.push(
-            timed(|| {
-                (0..BATCH)
-                    .map(|_| direct_alloc(heap, 4 * KIB))
-                    .collect::<Result<Vec<_>, _>>()
-            })? / f64::from(BATCH),
-        );
-        batch.push(
-            timed(|| kernel.allocate_batch("system", 4 * KIB, "bench", 0, BATCH as usize))?
-                / f64::from(BATCH),
-        );
-    }
-    let (direct, batch) = (Samples(direct), Samples(batch));
-    println!(
-        "batch {BATCH} x 4 KiB, per buffer: direct p50 {:.1} us, allocateBatch (kernel binder) p50 {:.1} us = {:.2}x direct (p99 {:.1} / {:.1} = {:.2}x)",
-        direct.percentile(0.5),
-        batch.percentile(0.5),
-        batch.percentile(0.5) / direct.percentile(0.5),
-        direct.percentile(0.99),
-        batch.percentile(0.99),
-        batch.percentile(0.99) / direct.percentile(0.99)
-    );
+    batch_against_direct(heap, &kernel, BATCH_ROUNDS, "")?;
     // The same batch from the pool (kernel binder): as many rounds as the
     // 4 KiB class holds, so every buffer is a pool hit.
     PoolService::wait_full(&pooled, 600_000)?;
-    let (mut direct, mut batch) = (Vec::new(), Vec::new());
-    for _ in 0..POOLED_BATCH_ROUNDS {
-        direct.push(
-            timed(|| {
-                (0..BATCH)
-                    .map(|_| direct_alloc(heap, 4 * KIB))
-                    .collect::<Result<Vec<_>, _>>()
-            })? / f64::from(BATCH),
-        );
-        batch.push(
-            timed(|| pooled.allocate_batch("system", 4 * KIB, "bench", 0, BATCH as usize))?
-                / f64::from(BATCH),
-        );
-    }
-    let (direct, batch) = (Samples(direct), Samples(batch));
-    println!(
-        "batch {BATCH} x 4 KiB from the pool, per buffer: direct p50 {:.1} us, allocateBatch (kernel binder, pooled) p50 {:.1} us = {:.2}x direct ({POOLED_BATCH_ROUNDS} rounds)",
-        direct.percentile(0.5),
-        batch.percentile(0.5),
-        batch.percentile(0.5) / direct.percentile(0.5),
-    );
+    batch_against_direct(heap, &pooled, POOLED_BATCH_ROUNDS, " from the pool")?;
     // Camera burst: time to the last of 30 x 12 MiB.
     PoolService::wait_full(&pooled, 600_000)?;
     let burst_direct = timed(|| {
@@ -252,6 +209,41 @@ fn pools(heap: &std::fs::File) -> Result<(), String> {
     println!(
         "pool refill while idle: {BURST} x 12 MiB back in {} ms after the burst (incl. the 1000 ms idle delay)",
         refill.as_millis()
+    );
+    Ok(())
+}
+
+/// `rounds` of [`BATCH`] x 4 KiB: direct ioctls + names against one
+/// `allocateBatch` through `alloc`, interleaved; prints per-buffer p50/p99.
+fn batch_against_direct(
+    heap: &std::fs::File,
+    alloc: &Allocator,
+    rounds: usize,
+    what: &str,
+) -> Result<(), String> {
+    let (mut direct, mut batch) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        direct.push(
+            timed(|| {
+                (0..BATCH)
+                    .map(|_| direct_alloc(heap, 4 * KIB))
+                    .collect::<Result<Vec<_>, _>>()
+            })? / f64::from(BATCH),
+        );
+        batch.push(
+            timed(|| alloc.allocate_batch("system", 4 * KIB, "bench", 0, BATCH as usize))?
+                / f64::from(BATCH),
+        );
+    }
+    let (direct, batch) = (Samples(direct), Samples(batch));
+    println!(
+        "batch {BATCH} x 4 KiB{what}, per buffer ({rounds} rounds): direct p50 {:.1} us, allocateBatch (kernel binder) p50 {:.1} us = {:.2}x direct (p99 {:.1} / {:.1} = {:.2}x)",
+        direct.percentile(0.5),
+        batch.percentile(0.5),
+        batch.percentile(0.5) / direct.percentile(0.5),
+        direct.percentile(0.99),
+        batch.percentile(0.99),
+        batch.percentile(0.99) / direct.percentile(0.99)
     );
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! and `rsb_service dump` (dump(fd)) in a loop.
 //!
 //! Pass: no app call and no report call fails; no quota refusal (an app
-//! holds at most [`HOLD`] buffers of at most 1 MiB, far under the VM's
+//! holds at most [`shared::HOLD`] buffers of at most 1 MiB, far under the VM's
 //! default quota); after the second quarter the service's fd count (buffer
 //! fds in flight left out) peaks at most [`FD_SLACK`] and its VmRSS at most
 //! [`RSS_SLACK`] above their second-quarter peaks; once the apps exit no
@@ -23,15 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmabufd::aidl::vendor::dmabuf::ErrorCode::ErrorCode;
-use dmabufd::sys::SyncDirection;
-
 use crate::app::{self, RoleResult, LOAD_APPS, LOAD_FIRST_UID};
 use crate::ensure;
 use crate::harness::{Case, Outcome};
 use crate::proc_scan;
 use crate::support::{connect, eventually, scan_deadline_ms, SETTLE_MS};
-use shared::{Footprint, Sample, HOLD};
+use shared::{Footprint, Sample};
 
 pub fn cases() -> Vec<Case> {
     vec![Case {
@@ -69,7 +66,7 @@ fn cycles() -> u64 {
 }
 
 /// `load-app CYCLES SEED OUT`: CYCLES allocate/free cycles of mixed sizes,
-/// holding at most [`HOLD`] buffers, touching each; allocation latencies
+/// holding at most [`shared::HOLD`] buffers, touching each; allocation latencies
 /// (µs) written to OUT. Prints `allocations failures quota-refusals first-error`.
 fn load_app(args: &[&str]) -> RoleResult {
     let [cycles, seed, out] = args else {
@@ -78,43 +75,16 @@ fn load_app(args: &[&str]) -> RoleResult {
     let cycles: u64 = cycles.parse().map_err(|_| "bad cycles")?;
     let mut rng: u64 = seed.parse::<u64>().map_err(|_| "bad seed")?.max(1);
     let alloc = connect()?;
-    let mut held = std::collections::VecDeque::new();
-    let mut lat = Vec::with_capacity(cycles as usize);
-    let (mut ok, mut failed, mut quota, mut first) = (0u64, 0u64, 0u64, String::new());
-    for c in 0..cycles {
-        if held.len() == HOLD {
-            held.pop_front();
-        }
+    let r = shared::run_cycles(&alloc, cycles, || {
         // xorshift64
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let size = shared::mixed_size(rng);
-        let t = Instant::now();
-        let r = alloc.allocate("system", size, &format!("load-{c}"));
-        let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        match r {
-            Ok(mut b) => {
-                ok += 1;
-                lat.push(us);
-                let mut m = b.map(SyncDirection::Write).map_err(|e| e.to_string())?;
-                m.write_at(0, &[1]).map_err(|e| e.to_string())?;
-                drop(m);
-                held.push_back(b);
-            }
-            Err(e) => {
-                failed += 1;
-                if e.error_code() == Some(ErrorCode::QUOTA_EXCEEDED) {
-                    quota += 1;
-                }
-                if first.is_empty() {
-                    first = format!("cycle {c}, {size} bytes: {e}").replace('\n', " ");
-                }
-            }
-        }
-    }
-    std::fs::write(out, shared::encode_latencies(&lat)).map_err(|e| format!("{out}: {e}"))?;
-    Ok(format!("{ok} {failed} {quota} {first}"))
+        rng
+    })?;
+    std::fs::write(out, shared::encode_latencies(&r.latencies))
+        .map_err(|e| format!("{out}: {e}"))?;
+    Ok(r.summary())
 }
 
 fn spawn_app(uid: u32, cycles: u64, seed: u64, out: &str) -> Result<Child, String> {
@@ -338,11 +308,6 @@ const CHAOS_KILLED: u32 = 4;
 /// Allocations every survivor makes after the restart to count as recovered.
 const RECOVERED_AFTER: u64 = 10;
 
-/// Whether `e` is the connection failing (the service died), not a refusal.
-fn is_transport(e: &dmabufd::client::Error) -> bool {
-    e.exception() != rsbinder::ExceptionCode::ServiceSpecific
-}
-
 /// Connects over kernel binder, retrying with backoff (10 ms doubling to
 /// 500 ms) for up to a minute while the service restarts.
 fn connect_with_backoff() -> Result<dmabufd::client::Allocator, String> {
@@ -360,84 +325,29 @@ fn connect_with_backoff() -> Result<dmabufd::client::Allocator, String> {
     }
 }
 
-/// `chaos-app INDEX SEED`: allocates a 64 KiB "anchor" it holds throughout,
-/// then churns mixed sizes (at most [`HOLD`] more held), reconnecting with
-/// backoff when the service dies, writing its allocation count to
-/// CHAOS_DIR/appINDEX.progress; once CHAOS_DIR/hold exists it writes the
-/// inodes it holds (anchor first) to appINDEX.held and waits for
-/// CHAOS_DIR/release. Prints `allocations refusals interruptions first-refusal`.
+/// `chaos-app INDEX SEED`: [`shared::run_chaos_app`] over kernel binder in
+/// CHAOS_DIR, reconnecting with backoff when the service dies. Prints
+/// `allocations refusals interruptions first-refusal`.
 fn chaos_app(args: &[&str]) -> RoleResult {
     let [index, seed] = args else {
         return Err("chaos-app INDEX SEED".into());
     };
     let mut rng: u64 = seed.parse::<u64>().map_err(|_| "bad seed")?.max(1);
-    let dir = std::path::Path::new(CHAOS_DIR);
-    let progress = dir.join(format!("app{index}.progress"));
-    let mut alloc = connect_with_backoff()?;
-    let (mut ok, mut refused, mut interrupted, mut first) = (0u64, 0u64, 0u64, String::new());
-    let mut anchor = None;
-    let mut held = std::collections::VecDeque::new();
-    while !dir.join("hold").exists() {
+    let next = move || {
+        // xorshift64
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let size = if anchor.is_none() {
-            64 << 10
-        } else {
-            shared::mixed_size(rng)
-        };
-        match alloc.allocate(
-            "system",
-            size,
-            if anchor.is_none() { "anchor" } else { "chaos" },
-        ) {
-            Ok(b) => {
-                ok += 1;
-                if anchor.is_none() {
-                    anchor = Some(b);
-                } else {
-                    if held.len() == HOLD {
-                        held.pop_front();
-                    }
-                    held.push_back(b);
-                }
-                let tmp = progress.with_extension("tmp");
-                std::fs::write(&tmp, ok.to_string()).map_err(|e| e.to_string())?;
-                std::fs::rename(&tmp, &progress).map_err(|e| e.to_string())?;
-            }
-            // The client library reconnected by itself (with backoff) and
-            // says the allocation in flight was lost: retry on it.
-            Err(e) if e.kind() == dmabufd::client::ErrorKind::ServiceRestarted => {
-                interrupted += 1;
-            }
-            // It gave up waiting (ErrorKind::Unavailable): a new connection.
-            Err(e) if is_transport(&e) => {
-                interrupted += 1;
-                alloc = connect_with_backoff()
-                    .map_err(|e| format!("the service never came back: {e}"))?;
-            }
-            Err(e) => {
-                refused += 1;
-                if first.is_empty() {
-                    first = format!("{size} bytes: {e}").replace('\n', " ");
-                }
-            }
-        }
-    }
-    let inodes: Vec<String> = anchor
-        .iter()
-        .chain(held.iter())
-        .map(|b| b.inode().to_string())
-        .collect();
-    let held_file = dir.join(format!("app{index}.held"));
-    let tmp = held_file.with_extension("tmp");
-    std::fs::write(&tmp, inodes.join(" ")).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, &held_file).map_err(|e| e.to_string())?;
-    while !dir.join("release").exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop((anchor, held));
-    Ok(format!("{ok} {refused} {interrupted} {first}"))
+        rng
+    };
+    let dir = std::path::Path::new(CHAOS_DIR);
+    shared::run_chaos_app(
+        connect_with_backoff()?,
+        dir,
+        index,
+        next,
+        connect_with_backoff,
+    )
 }
 
 fn chaos_progress(i: u32) -> u64 {
