@@ -250,4 +250,42 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The after-scan hook runs on whichever thread scanned (the background
+    /// scanner, a binder thread serving a report, start-up), so writes to
+    /// one path overlap. Each must still land whole: none may fail because
+    /// another renamed its temp file away (CI saw start-up die of that).
+    #[test]
+    fn concurrent_writers_of_one_textfile_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("dmabufd-textfile-mt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dmabufd.prom");
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        let text = format!("w{t} {i}\n");
+                        write_textfile(&path, &text)
+                            .unwrap_or_else(|e| panic!("writer {t}, write {i}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let last = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            last.starts_with('w') && last.ends_with(" 299\n"),
+            "{last:?}"
+        );
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("dmabufd.prom")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
