@@ -146,8 +146,13 @@ pub fn exposition(allocator: &Allocator, metrics: &Metrics, acc: Option<&Account
 
 /// Writes `text` to `path` for node_exporter's textfile collector: a temp
 /// file in the same directory (hidden, not `*.prom`, so the collector never
-/// reads it half-written), then a rename over `path`.
+/// reads it half-written), then a rename over `path`. Writes from this
+/// process take turns: the after-scan hook runs on whichever thread scanned,
+/// and two writers sharing the temp name would rename it from under each
+/// other.
 pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
+    static ONE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_WRITER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

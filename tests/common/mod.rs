@@ -115,7 +115,7 @@ impl Service {
             .map(|a| a.replace("{dir}", &dir.to_string_lossy()))
             .collect();
         let child = spawn_service(&dir, &socket, &args);
-        let svc = Service {
+        let mut svc = Service {
             child,
             dir,
             socket,
@@ -134,11 +134,19 @@ impl Service {
         self.wait_until_up();
     }
 
-    fn wait_until_up(&self) {
+    /// Waits until the service answers; a service that exits first fails
+    /// the test at once, with its exit status (its log says why).
+    fn wait_until_up(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self.socket.exists() && Allocator::connect_rpc(&self.socket).is_ok() {
                 return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "dmabufd exited at start-up ({status}); its log:\n{}",
+                    self.log()
+                );
             }
             assert!(Instant::now() < deadline, "dmabufd did not come up");
             std::thread::sleep(Duration::from_millis(20));
