@@ -147,9 +147,9 @@ pub fn exposition(allocator: &Allocator, metrics: &Metrics, acc: Option<&Account
 /// Writes `text` to `path` for node_exporter's textfile collector: a temp
 /// file in the same directory (hidden, not `*.prom`, so the collector never
 /// reads it half-written), then a rename over `path`. Writes from this
-/// process take turns: the after-scan hook runs on whichever thread scanned,
-/// and two writers sharing the temp name would rename it from under each
-/// other.
+/// process take turns: the start-up write overlaps the after-scan hook
+/// (which runs on whichever thread scanned), and two writers sharing the
+/// temp name would rename it from under each other.
 pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
     static ONE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_WRITER.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,10 +256,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The after-scan hook runs on whichever thread scanned (the background
-    /// scanner, a binder thread serving a report, start-up), so writes to
-    /// one path overlap. Each must still land whole: none may fail because
-    /// another renamed its temp file away (CI saw start-up die of that).
+    /// The start-up write and the after-scan hook (on whichever thread
+    /// scanned) overlap. Each write must still land whole: none may fail
+    /// because another renamed its temp file away (CI saw start-up die of
+    /// that).
     #[test]
     fn concurrent_writers_of_one_textfile_all_succeed() {
         let dir = std::env::temp_dir().join(format!("dmabufd-textfile-mt-{}", std::process::id()));
