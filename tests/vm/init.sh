@@ -4,6 +4,8 @@
 # binder, then runs the suite, the benchmark or a shell (vm_mode= on the
 # kernel command line), and powers off.
 
+# run.sh's marker: a kernel that died before this line never ran /init.
+/bin/busybox echo "vm: /init started"
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s /bin
