@@ -359,8 +359,8 @@ pub struct Pools {
     pressure_quiet: Duration,
 }
 
-/// How long the filler sleeps when nothing is due (a take or pressure
-/// wakes it sooner).
+/// How long the filler sleeps when nothing is due (a take that starts a
+/// refill, or pressure, wakes it sooner).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 impl Pools {
@@ -416,12 +416,19 @@ impl Pools {
             .iter_mut()
             .find(|c| c.plan.heap == heap && c.plan.size == size)?;
         let taken = class.ready.pop()?;
-        if class.ready.len() * 100 < class.plan.target * low as usize {
+        let starts_refill =
+            !class.refilling && class.ready.len() * 100 < class.plan.target * low as usize;
+        if starts_refill {
             class.refilling = true;
         }
         s.last_take = Some(now);
         drop(s);
-        self.wake.notify_all();
+        // Only a class that starts refilling needs the filler now. A filler
+        // already waiting out the refill delay re-reads `last_take` when its
+        // wait ends, so the takes of a burst wake no thread.
+        if starts_refill {
+            self.wake.notify_all();
+        }
         Some(taken)
     }
 
@@ -779,6 +786,42 @@ mod tests {
             matches!(p.next(t0 + Duration::from_secs(1)), Next::Wait(d) if d >= Duration::from_secs(58))
         );
         assert_eq!(p.next(t0 + Duration::from_secs(61)), Next::Fill(0));
+    }
+
+    /// The take that puts a class below its mark wakes a filler sleeping
+    /// its idle wait; the takes after it wake nobody (the filler re-reads
+    /// the last take when its refill-delay wait ends).
+    #[test]
+    fn a_take_that_starts_a_refill_wakes_the_idle_filler() {
+        let p = std::sync::Arc::new(pools(
+            "[pools]\nrefill_delay_ms = 50\nlow_water_percent = 100\n\
+             [pools.system]\nclasses = [{ size = \"4K\", count = 2 }]",
+        ));
+        let filler = {
+            let p = p.clone();
+            std::thread::spawn(move || p.run(memfd_maker()))
+        };
+        let full = |p: &Pools| p.held().0 == 2;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !full(&p) {
+            assert!(Instant::now() < deadline, "the start fill never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Now in its idle wait (IDLE_WAIT, 1 s) with nothing refilling.
+        std::thread::sleep(Duration::from_millis(100));
+        let taken = Instant::now();
+        p.take("system", 4096).unwrap();
+        while !full(&p) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let after = taken.elapsed();
+        p.stop();
+        filler.join().unwrap();
+        // Unwoken, the filler would look again only when its 1 s wait ends.
+        assert!(
+            after >= Duration::from_millis(50) && after < Duration::from_millis(600),
+            "refilled {after:?} after the take (refill delay 50 ms, idle wait {IDLE_WAIT:?})"
+        );
     }
 
     #[test]
