@@ -154,6 +154,18 @@ fn pools(heap: &std::fs::File) -> Result<(), String> {
         120 + 60 + 10 + 30,
         fill.as_millis()
     );
+    // What any call costs: a round trip with no fd and no buffer, so a
+    // pool hit's cost splits into the transport and the rest.
+    let mut trips = Vec::new();
+    for _ in 0..120 {
+        trips.push(timed(|| pooled.heaps())?);
+    }
+    let trips = Samples(trips);
+    println!(
+        "kernel binder round trip (getHeaps of instance pool-bench, 120 calls): p50 {:.1} us, p99 {:.1} us",
+        trips.percentile(0.5),
+        trips.percentile(0.99)
+    );
     println!(
         "pooled single allocations (kernel binder, instance pool-bench; every sample a pool hit; direct interleaved)"
     );
