@@ -391,11 +391,8 @@ impl DmaBuffer {
             })?
             .into();
         let bad = |what: String| Error::local(ExceptionCode::IllegalState, what);
-        let (kind, size) = sys::check_buffer_fd(fd.as_fd())
+        let sys::BufferFdInfo { kind, size, inode } = sys::inspect_buffer_fd(fd.as_fd())
             .map_err(|e| bad(format!("the service's fd is not a buffer: {e}")))?;
-        let inode = nix::sys::stat::fstat(fd.as_fd())
-            .map_err(|e| bad(format!("fstat of the service's fd: {e}")))?
-            .st_ino;
         if b.size < 0 || b.size as u64 != size || b.inode as u64 != inode {
             return Err(bad(format!(
                 "the service said {} bytes, inode {}; the fd it sent is {size} bytes, inode {inode}",
@@ -416,8 +413,7 @@ impl DmaBuffer {
     /// `F_SEAL_SHRINK`: any other file could be truncated by another holder
     /// while mapped.
     pub fn from_owned_fd(fd: OwnedFd) -> io::Result<DmaBuffer> {
-        let (kind, size) = sys::check_buffer_fd(fd.as_fd())?;
-        let inode = nix::sys::stat::fstat(fd.as_fd())?.st_ino;
+        let sys::BufferFdInfo { kind, size, inode } = sys::inspect_buffer_fd(fd.as_fd())?;
         let heap = fdinfo(fd.as_fd())
             .and_then(|i| i.exporter)
             .unwrap_or_default();

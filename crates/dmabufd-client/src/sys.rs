@@ -130,18 +130,39 @@ pub enum BufferFdKind {
 /// and its size now (`fstat`). Anything else could be truncated by any
 /// holder while mapped, and touching the lost pages raises SIGBUS.
 pub fn check_buffer_fd(fd: BorrowedFd<'_>) -> io::Result<(BufferFdKind, u64)> {
+    inspect_buffer_fd(fd).map(|b| (b.kind, b.size))
+}
+
+/// A buffer fd as [`inspect_buffer_fd`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferFdInfo {
+    pub kind: BufferFdKind,
+    /// Its size now (`st_size`).
+    pub size: u64,
+    /// Its inode (`st_ino`): the buffer's identity in procfs and reports.
+    pub inode: u64,
+}
+
+/// [`check_buffer_fd`], with the inode from the same `fstat` (every buffer
+/// the service sends is checked, so one syscall fewer per buffer counts).
+pub fn inspect_buffer_fd(fd: BorrowedFd<'_>) -> io::Result<BufferFdInfo> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    let size = nix::sys::stat::fstat(fd).map_err(errno)?.st_size as u64;
+    let st = nix::sys::stat::fstat(fd).map_err(errno)?;
+    let info = |kind| BufferFdInfo {
+        kind,
+        size: st.st_size as u64,
+        inode: st.st_ino,
+    };
     let magic = nix::sys::statfs::fstatfs(fd)
         .map_err(errno)?
         .filesystem_type()
         .0 as i64;
     if magic == DMA_BUF_MAGIC {
-        return Ok((BufferFdKind::DmaBuf, size));
+        return Ok(info(BufferFdKind::DmaBuf));
     }
     match fcntl(fd, FcntlArg::F_GET_SEALS) {
         Ok(seals) if SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SHRINK) => {
-            Ok((BufferFdKind::SealedMemfd, size))
+            Ok(info(BufferFdKind::SealedMemfd))
         }
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -517,6 +538,46 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap()
+    }
+
+    fn memfd(size: i64, seals: nix::fcntl::SealFlag) -> OwnedFd {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = memfd_create(
+            c"inspect",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        nix::unistd::ftruncate(fd.as_fd(), size).unwrap();
+        if !seals.is_empty() {
+            fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(seals)).unwrap();
+        }
+        fd
+    }
+
+    #[test]
+    fn a_buffer_fd_is_inspected_with_one_fstat_for_size_and_inode() {
+        use nix::fcntl::SealFlag;
+        let fd = memfd(8192, SealFlag::F_SEAL_SHRINK);
+        let st = nix::sys::stat::fstat(fd.as_fd()).unwrap();
+        assert_eq!(
+            inspect_buffer_fd(fd.as_fd()).unwrap(),
+            BufferFdInfo {
+                kind: BufferFdKind::SealedMemfd,
+                size: 8192,
+                inode: st.st_ino,
+            }
+        );
+        assert_eq!(
+            check_buffer_fd(fd.as_fd()).unwrap(),
+            (BufferFdKind::SealedMemfd, 8192)
+        );
+        // Not buffers: a memfd any holder could shrink, and a pipe.
+        let unsealed = memfd(4096, SealFlag::empty());
+        let e = inspect_buffer_fd(unsealed.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("F_SEAL_SHRINK"), "{e}");
+        let (r, _w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let e = inspect_buffer_fd(r.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("not a buffer"), "{e}");
     }
 
     /// More fds than recv_fds has room for: the kernel truncates the
