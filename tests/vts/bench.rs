@@ -80,11 +80,7 @@ fn run() -> Result<(), String> {
     for (size, label, n) in SIZES {
         let (mut direct, mut binder, mut over_rpc) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
-            direct.push(timed(|| {
-                let fd = dmabufd::sys::dma_heap_alloc(std::os::fd::AsFd::as_fd(&heap), size)?;
-                dmabufd::sys::dma_buf_set_name(std::os::fd::AsFd::as_fd(&fd), "bench")?;
-                Ok::<_, std::io::Error>(fd)
-            })?);
+            direct.push(timed(|| direct_alloc(&heap, size))?);
             binder.push(timed(|| kernel.allocate("system", size, "bench"))?);
             over_rpc.push(timed(|| rpc.allocate("system", size, "bench"))?);
             // Warm-up: the first rounds pay for page-pool and thread start-up.

@@ -1,5 +1,6 @@
 //! dmabufctl: the allocator service from a shell.
 
+use dmabufd_client::aidl::vendor::dmabuf::IDmaBufAllocator::MAX_BATCH_COUNT;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -130,7 +131,7 @@ fn alloc_cmd(a: &Allocator, args: &[String]) -> Result<(), String> {
             "--count" => {
                 let v = it.next().ok_or("--count needs a number")?;
                 count = Some(v.parse::<usize>().map_err(|_| {
-                    format!("--count {v:?}: expected a number of buffers (1 to 64)")
+                    format!("--count {v:?}: expected a number of buffers (1 to {MAX_BATCH_COUNT})")
                 })?);
             }
             "--hold" => {

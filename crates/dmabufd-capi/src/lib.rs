@@ -296,7 +296,7 @@ pub unsafe extern "C" fn dmabufd_alloc_batch(
         }
         if count == 0 || count > MAX_BATCH_COUNT as usize {
             return Err(invalid(format!(
-                "count {count}: a batch is 1 to 64 buffers"
+                "count {count}: a batch is 1 to {MAX_BATCH_COUNT} buffers"
             )));
         }
         let bufs = c.alloc.allocate_batch(heap, size, name, flags, count)?;
